@@ -1,0 +1,144 @@
+"""Command line: argument parsing, exit codes (0 ok, 1 failed, 2 bad input) and progress display."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bot import __version__
+from bot.errors import BotError, UsageError
+
+
+def _quiet_libraries() -> None:
+    """transformers and torch.onnx talk a lot; the user wants our log, not theirs."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx.experimental.symbolic_shapes"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _progress(start: float):
+    def show(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub repo (default: its default branch)")
+    parser.add_argument("--feature", action="append", default=[], metavar="F",
+                        help="feature to export, repeatable (default: every feature whose weights are present); "
+                             "seed names (masked-lm) and task names (fill-mask) are accepted")
+    parser.add_argument("--format", action="append", default=[], choices=["onnx", "torchscript"],
+                        help="artifact format, repeatable (default: both)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance for validation (default: per family, 1e-4)")
+    parser.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
+                        help="ONNX exporter: auto tries dynamo, then dynamo with eager attention, then the "
+                             "TorchScript-based exporter (default auto)")
+    parser.add_argument("--allow-random-heads", action="store_true",
+                        help="export an explicitly requested --feature even if its head weights are not stored")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="load pickle weights (pytorch_model.bin) with torch.load(weights_only=True)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub-export-bot",
+        description="Export Hugging Face checkpoints to validated ONNX and TorchScript artifacts.")
+    parser.add_argument("--version", action="version", version=f"hub-export-bot {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    export = commands.add_parser("export", help="export a checkpoint into OUTPUT_DIR",
+                                 description="Export every supported feature of a checkpoint, validate each "
+                                             "artifact against PyTorch, and write export_manifest.json.")
+    export.add_argument("-m", "--model", required=True, help="checkpoint directory or Hub repo id")
+    export.add_argument("output", metavar="OUTPUT_DIR", help="where to write onnx/, torchscript/ and the manifest")
+    _add_export_options(export)
+
+    features = commands.add_parser("features", help="list the features a model type or checkpoint supports")
+    features.add_argument("target", metavar="MODEL_TYPE_OR_PATH")
+    features.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _quiet_libraries()
+        return COMMANDS[args.command](args)
+    except BotError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _export(args) -> int:
+    from bot.job import Job, make_options
+    from bot.pipeline import run_export
+    from bot.render import summary, validation_log
+
+    options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads)
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"{output} exists and is not a directory; choose another OUTPUT_DIR")
+    job = Job(model=args.model, output_dir=output, revision=args.revision, options=options,
+              allow_pickle=args.allow_pickle)
+    result = run_export(job, progress=_progress(time.perf_counter()), endpoint=os.environ.get("HF_ENDPOINT"),
+                        token=os.environ.get("HF_TOKEN"))
+    for artifact in result.artifacts:
+        print(validation_log(artifact.validation, str(output / artifact.path)))
+    for failure in result.failures:
+        if failure.validation:
+            print(validation_log(failure.validation, f"{failure.feature} ({failure.format}, not written)"))
+    print(summary(result))
+    return 0 if result.ok else 1
+
+
+def _features(args) -> int:
+    from bot import checkpoint as ckpt
+    from bot.features import support_for
+
+    target = Path(args.target)
+    if target.is_dir():
+        checkpoint = ckpt.open_checkpoint(target, args.target)
+        plan = ckpt.plan_features(checkpoint, [], allow_random_heads=False)
+        data = {"model_type": checkpoint.model_type, "family": checkpoint.support.family,
+                "origin": checkpoint.support.origin, "primary": plan.primary,
+                "supported": plan.features, "skipped": plan.skipped}
+    else:
+        if os.sep in args.target or args.target.startswith("."):
+            raise UsageError(f"{args.target} is not a directory; pass a checkpoint directory or a model type")
+        support = support_for(args.target)
+        data = {"model_type": support.model_type, "family": support.family, "origin": support.origin,
+                "supported": list(support.features)}
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"{data['model_type']} ({data['family']}, {data['origin']}):")
+    for feature in data["supported"]:
+        print(f"  {feature}{'  (primary)' if feature == data.get('primary') else ''}")
+    for feature, reason in data.get("skipped", {}).items():
+        print(f"  {feature}  skipped: {reason}")
+    return 0
+
+
+COMMANDS = {"export": _export, "features": _features}

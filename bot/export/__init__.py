@@ -1,0 +1,1 @@
+"""One module per artifact format; each writes one file set and says how it was made."""

@@ -1,0 +1,115 @@
+"""ONNX export: dynamo first, then dynamo with eager attention, then the TorchScript-based exporter.
+
+Below 2 GB the result is ONE self-contained `model.onnx` (dynamo writes a side `.data` file even for small models,
+so it is re-saved inline); from 2 GB on, `model.onnx` plus ONE external-data file `model.onnx_data` beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import onnx
+import torch
+
+from bot.errors import ExportError
+from bot.specs import InputSpec
+
+log = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2 * 1024**3
+EXTERNAL_DATA_SUFFIX = "_data"  # onnx/model.onnx -> onnx/model.onnx_data
+DEFAULT_OPSET = 18
+
+# exporter name -> (use dynamo, attention implementation to reload the model with, or None to keep it)
+ATTEMPTS = {
+    "dynamo": (True, None),
+    "dynamo+eager-attention": (True, "eager"),
+    "torchscript": (False, None),
+}
+EXPORTER_CHOICES = {
+    "auto": ["dynamo", "dynamo+eager-attention", "torchscript"],
+    "dynamo": ["dynamo", "dynamo+eager-attention"],
+    "torchscript": ["torchscript"],
+}
+
+
+def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: dict[str, torch.Tensor],
+                inputs: list[InputSpec], output_names: list[str], path: Path, opset: int = DEFAULT_OPSET,
+                exporter: str = "auto", output_axes: dict[str, dict[int, str]] | None = None) -> str:
+    """Export to `path`, trying each exporter of the chosen chain in turn; returns the name of the one that worked.
+
+    `wrapper_for(attn_implementation)` gives the wrapped model, reloaded with that attention when it is not None.
+    """
+    errors = []
+    for name in EXPORTER_CHOICES[exporter]:
+        dynamo, attention = ATTEMPTS[name]
+        scratch = path.parent / f".{name}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        try:
+            _run_exporter(wrapper_for(attention), example, inputs, output_names, scratch / "model.onnx", opset, dynamo,
+                          output_axes or {})
+            _finalize(scratch / "model.onnx", path)
+            return name
+        except Exception as exc:  # any exporter failure: record it and try the next exporter
+            log.info("ONNX exporter %s failed: %s", name, exc)
+            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    raise ExportError("ONNX export failed with every exporter: " + " | ".join(errors))
+
+
+def _run_exporter(wrapper, example, inputs, output_names, path: Path, opset: int, dynamo: bool,
+                  output_axes: dict[str, dict[int, str]]) -> None:
+    args = tuple(example[spec.name] for spec in inputs)
+    names = [spec.name for spec in inputs]
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dims: dict[str, torch.export.Dim] = {}
+            shapes = tuple({i: dims.setdefault(a, torch.export.Dim(a)) for i, a in spec.dynamic_axes.items()}
+                           for spec in inputs)
+            torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=output_names,
+                              dynamic_shapes=(shapes,), opset_version=opset, dynamo=True, verbose=False)
+        else:
+            torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=output_names,
+                              dynamic_axes={**{spec.name: spec.dynamic_axes for spec in inputs}, **output_axes},
+                              opset_version=opset, dynamo=False)
+
+
+def _finalize(written: Path, path: Path) -> None:
+    """Move an exporter's output to `path` in the shipped layout: inline below 2 GB, one data file above."""
+    size = sum(f.stat().st_size for f in written.parent.iterdir() if f.is_file())
+    if size < PROTOBUF_LIMIT:
+        model = onnx.load(str(written))  # pulls any external data into the proto
+        onnx.save_model(model, str(path))
+    else:
+        model = onnx.load(str(written), load_external_data=False)  # the small graph only
+        data_name = path.name + EXTERNAL_DATA_SUFFIX
+        data_files = {entry.value for tensor in _external_tensors(model) for entry in tensor.external_data
+                      if entry.key == "location"}
+        if len(data_files) != 1:
+            raise ExportError(f"expected one external-data file from the exporter, got {sorted(data_files)}")
+        os.replace(written.parent / data_files.pop(), path.parent / data_name)
+        for tensor in _external_tensors(model):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data_name
+        onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))  # by path: works for models with external data too
+
+
+def _external_tensors(model: onnx.ModelProto):
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
+
+
+def artifact_files(path: Path) -> list[Path]:
+    """The files that make up an ONNX artifact: the graph and, over 2 GB, its external data."""
+    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    return [path, data] if data.exists() else [path]

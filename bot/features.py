@@ -1,0 +1,123 @@
+"""Features (export tasks): their names, synonyms, auto classes, and which model types support which.
+
+This is what `transformers.onnx.features.FeaturesManager` used to be. The table lists the features a model type
+*can* have; whether a given checkpoint really has the head weights for one is decided in `checkpoint.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Feature:
+    """An export task: the auto class that builds the model for it and whether it carries a key/value cache."""
+
+    name: str
+    auto_class: str
+    synonyms: tuple[str, ...] = ()
+
+    @property
+    def with_past(self) -> bool:
+        return self.name.endswith("-with-past")
+
+
+FEATURES: dict[str, Feature] = {
+    f.name: f
+    for f in [
+        Feature("default", "AutoModel", ("feature-extraction",)),
+        Feature("masked-lm", "AutoModelForMaskedLM", ("fill-mask",)),
+        Feature("causal-lm", "AutoModelForCausalLM", ("text-generation",)),
+        Feature("sequence-classification", "AutoModelForSequenceClassification", ("text-classification",)),
+        Feature("token-classification", "AutoModelForTokenClassification", ("ner",)),
+        Feature("question-answering", "AutoModelForQuestionAnswering", ()),
+        Feature("multiple-choice", "AutoModelForMultipleChoice", ()),
+        Feature("image-classification", "AutoModelForImageClassification", ()),
+        Feature("masked-im", "AutoModelForMaskedImageModeling", ("masked-image-modeling",)),
+    ]
+}
+
+_SYNONYMS = {s: f.name for f in FEATURES.values() for s in f.synonyms}
+
+_TEXT_ENCODER = ("default", "masked-lm", "sequence-classification", "multiple-choice", "token-classification",
+                 "question-answering")
+_TEXT_ENCODER_CLM = _TEXT_ENCODER[:2] + ("causal-lm",) + _TEXT_ENCODER[2:]
+
+
+@dataclass(frozen=True)
+class ModelSupport:
+    """What the registry knows about one model type: its family (which export spec applies) and its features."""
+
+    model_type: str
+    family: str
+    features: tuple[str, ...]
+    name: str  # the architecture's display name, as in the seed list
+    origin: str = "registry"  # "registry", "custom" (registered by a user) or "generic"
+
+
+SUPPORT: dict[str, ModelSupport] = {}
+
+
+def register(model_type: str, family: str, features: tuple[str, ...] | list[str], name: str | None = None,
+             origin: str = "custom") -> ModelSupport:
+    """Add or replace a model type in the registry; the public way to support an architecture we do not ship."""
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise UsageError(f"cannot register {model_type!r}: unknown feature(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(FEATURES)}")
+    support = ModelSupport(model_type, family, tuple(features), name or model_type, origin)
+    SUPPORT[model_type] = support
+    return support
+
+
+for _model_type, _name, _features in [
+    ("albert", "ALBERT", _TEXT_ENCODER),
+    ("bert", "BERT", _TEXT_ENCODER_CLM),
+    ("big_bird", "BigBird", _TEXT_ENCODER_CLM),
+    ("camembert", "CamemBERT", _TEXT_ENCODER_CLM),
+    ("convbert", "ConvBERT", _TEXT_ENCODER),
+    ("data2vec-text", "Data2VecText", _TEXT_ENCODER_CLM),
+    ("distilbert", "DistilBERT", _TEXT_ENCODER),
+    ("electra", "ELECTRA", _TEXT_ENCODER_CLM),
+    ("flaubert", "FlauBERT", _TEXT_ENCODER_CLM),
+    ("ibert", "I-BERT", _TEXT_ENCODER),
+    ("layoutlm", "LayoutLM", ("default", "masked-lm", "sequence-classification", "token-classification")),
+    ("mobilebert", "MobileBERT", _TEXT_ENCODER),
+    ("roberta", "RoBERTa", _TEXT_ENCODER_CLM),
+    ("roformer", "RoFormer", _TEXT_ENCODER_CLM),
+    ("squeezebert", "SqueezeBERT", _TEXT_ENCODER),
+    ("xlm", "XLM", _TEXT_ENCODER_CLM),
+    ("xlm-roberta", "XLM-RoBERTa", _TEXT_ENCODER_CLM),
+    ("xlm-roberta-xl", "XLM-RoBERTa-XL", _TEXT_ENCODER_CLM),
+]:
+    register(_model_type, "text-encoder", _features, _name, origin="registry")
+
+for _model_type, _name, _features in [
+    ("vit", "ViT", ("default", "image-classification", "masked-im")),
+    ("deit", "DeiT", ("default", "image-classification", "masked-im")),
+    ("beit", "BEiT", ("default", "image-classification")),
+    ("data2vec-vision", "Data2VecVision", ("default", "image-classification")),
+]:
+    register(_model_type, "vision", _features, _name, origin="registry")
+
+
+def normalize_feature(name: str) -> str:
+    """Map a seed feature name or a pipeline-task synonym to the canonical feature name."""
+    key = name.strip().lower().replace("_", "-")
+    if key in FEATURES:
+        return key
+    if key in _SYNONYMS:
+        return _SYNONYMS[key]
+    raise UsageError(f"unknown feature {name!r}; choose from {', '.join(FEATURES)} "
+                     f"(or a synonym: {', '.join(sorted(_SYNONYMS))})")
+
+
+def support_for(model_type: str) -> ModelSupport:
+    """The registry entry for a model type, or a UsageError that names what is supported."""
+    if model_type in SUPPORT:
+        return SUPPORT[model_type]
+    raise UsageError(f"unsupported architecture {model_type!r}: no export spec is registered for it. "
+                     f"Supported: {', '.join(sorted(SUPPORT))}. Register your own with `--spec module:object` "
+                     f"(see README, 'Custom architectures').")

@@ -1,0 +1,50 @@
+"""What to export: the one description every front door (CLI, Action, webhook) builds for the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.errors import UsageError
+from bot.features import normalize_feature
+
+FORMATS = ("onnx", "torchscript")
+MIN_OPSET, MAX_OPSET = 14, 21
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How to export; part of what decides whether an earlier export is still up to date."""
+
+    features: tuple[str, ...] = ()  # empty: every feature the checkpoint supports
+    formats: tuple[str, ...] = FORMATS
+    opset: int = 18
+    atol: float | None = None  # None: each spec's measured default
+    exporter: str = "auto"
+    allow_random_heads: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str  # a local directory or a Hub repo id
+    output_dir: Path
+    revision: str | None = None
+    options: ExportOptions = field(default_factory=ExportOptions)
+    allow_pickle: bool = False
+
+
+def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
+                 allow_random_heads=False) -> ExportOptions:
+    """Validate and normalise user input into ExportOptions; every mistake is a UsageError saying what to do."""
+    normalized = tuple(dict.fromkeys(normalize_feature(f) for f in features))
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in formats)) or FORMATS
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"opset {opset} is out of range; choose {MIN_OPSET}..{MAX_OPSET} (default 18)")
+    if atol is not None and not (0 < atol < 1):
+        raise UsageError(f"atol {atol} must be a small positive number such as 1e-4")
+    if exporter not in ("auto", "dynamo", "torchscript"):
+        raise UsageError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
+    return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads)

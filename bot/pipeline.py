@@ -1,0 +1,239 @@
+"""The one pipeline every front door feeds: checkpoint -> plan -> export x validate per feature and format -> files.
+
+Nothing here prints. Progress goes to an optional callback, results come back as data (`ExportResult`), and the
+front doors render them. Artifacts are written to a staging folder inside the output directory and moved into the
+published layout only once validated, so a failed artifact never sits where a valid one is expected.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from bot import checkpoint as ckpt
+from bot.errors import BotError, UsageError
+from bot.export.onnx import artifact_files, export_onnx
+from bot.export.torchscript import export_torchscript
+from bot.job import Job
+from bot.manifest import MANIFEST_NAME, write_manifest
+from bot.specs import ExportSpec, Shape, spec_for_family
+from bot.validate import ValidationReport, onnx_runner, reference_cases, torchscript_runner, validate
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+
+
+@dataclass
+class Artifact:
+    """One exported and validated file (plus its external data, if any)."""
+
+    path: str  # relative to the output directory, posix
+    format: str
+    feature: str
+    inputs: list[str]
+    outputs: list[str]
+    dynamic_axes: dict[str, dict[int, str]]
+    opset: int | None
+    exporter: str
+    files: dict[str, dict]  # relative path -> {sha256, size}
+    validation: ValidationReport
+    seconds: float
+    random_head: bool = False
+
+    @property
+    def size(self) -> int:
+        return sum(f["size"] for f in self.files.values())
+
+
+@dataclass
+class Failure:
+    """An artifact that could not be exported or did not validate; it is not written to the layout."""
+
+    feature: str
+    format: str
+    error: str
+    validation: ValidationReport | None = None
+
+
+@dataclass
+class ExportResult:
+    source: str
+    revision: str | None
+    model_type: str
+    primary: str
+    output_dir: Path
+    source_files: dict[str, str]
+    artifacts: list[Artifact] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest_path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.artifacts) and not self.failures
+
+
+def layout_path(fmt: str, feature: str, primary: str) -> str:
+    """Where an artifact lives in the model repo: the primary feature at the top, others in a feature folder."""
+    folder = fmt if feature == primary else f"{fmt}/{feature}"
+    return f"{folder}/{_FILE_NAMES[fmt]}"
+
+
+def resolve_checkpoint(job: Job, *, endpoint: str | None = None, token: str | None = None,
+                       cache_dir: Path | None = None) -> ckpt.Checkpoint:
+    """A local directory as is, or a Hub repo id downloaded at one commit (only the files an export needs)."""
+    local = Path(job.model).expanduser()
+    if local.exists():
+        return ckpt.open_checkpoint(local, str(job.model), job.revision, job.allow_pickle)
+    if job.model.count("/") != 1 or job.model.startswith((".", "/", "~")):
+        raise UsageError(f"checkpoint not found: {job.model} is neither a directory nor a Hub repo id (owner/name)")
+    from bot import hub
+
+    path, sha = hub.download_checkpoint(job.model, job.revision, ckpt.select_source_files,
+                                        endpoint=endpoint or hub.DEFAULT_ENDPOINT, token=token, cache_dir=cache_dir)
+    return ckpt.open_checkpoint(path, job.model, sha, job.allow_pickle)
+
+
+def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Checkpoint | None = None,
+               **hub_kwargs) -> ExportResult:
+    """Export every planned feature in every requested format, validate each artifact, write the manifest."""
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    checkpoint = checkpoint or resolve_checkpoint(job, **hub_kwargs)
+    options = job.options
+    plan = ckpt.plan_features(checkpoint, list(options.features), options.allow_random_heads)
+    spec = spec_for_family(checkpoint.support.family)
+    tokenizer = ckpt.load_tokenizer(checkpoint)
+    result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, plan.primary, job.output_dir,
+                          checkpoint.source_files, skipped=dict(plan.skipped))
+    result.timings["plan"] = time.perf_counter() - started
+
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".hub-export-bot-", dir=job.output_dir))
+    try:
+        for index, feature in enumerate(plan.features, 1):
+            say(f"[{index}/{len(plan.features)}] {feature}: loading {checkpoint.model_type} weights")
+            _export_feature(checkpoint, spec, feature, plan, options, tokenizer, staging, result, say)
+            gc.collect()
+        for artifact in result.artifacts:
+            for relative in artifact.files:
+                target = job.output_dir / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / relative, target)
+        if result.artifacts:
+            result.manifest_path = write_manifest(result, job.output_dir / MANIFEST_NAME, options)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    result.timings["total"] = time.perf_counter() - started
+    return result
+
+
+def _export_feature(checkpoint, spec: ExportSpec, feature: str, plan, options, tokenizer, staging: Path,
+                    result: ExportResult, say: Progress) -> None:
+    started = time.perf_counter()
+    model, missing = ckpt.load_model(checkpoint, feature)
+    random_head = feature in plan.random_heads
+    if missing and not random_head:
+        result.skipped[feature] = ckpt.head_skip_reason(missing)
+        return
+    inputs = spec.inputs(model, feature)
+    example = spec.example_inputs(model.config, inputs, spec.export_shape(feature))
+    with torch.no_grad():
+        output_names = spec.output_names(model(**example, **spec.call_kwargs(feature), return_dict=True))
+    wrapper = spec.wrap(model, inputs, output_names, feature)
+    cases = reference_cases(wrapper, _validation_inputs(spec, model.config, inputs, feature, tokenizer))
+    axes = _dynamic_axes(inputs, output_names, example, wrapper, cases)
+    atol = options.atol or spec.atol
+    result.timings[f"{feature}/load"] = time.perf_counter() - started
+
+    def wrapper_for(attention: str | None):
+        if attention is None:
+            return wrapper
+        reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention)
+        return spec.wrap(reloaded, inputs, output_names, feature)
+
+    for fmt in options.formats:
+        relative = layout_path(fmt, feature, plan.primary)
+        path = staging / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        step = time.perf_counter()
+        say(f"    {feature} -> {relative}: exporting")
+        try:
+            if fmt == "onnx":
+                exporter = export_onnx(wrapper_for, example, inputs, output_names, path, options.opset,
+                                       options.exporter, output_axes={n: axes[n] for n in output_names})
+                runner = onnx_runner(path)
+            else:
+                exporter = export_torchscript(wrapper, example, inputs, path)
+                runner = torchscript_runner(path, output_names)
+        except BotError as exc:
+            result.failures.append(Failure(feature, fmt, str(exc)))
+            continue
+        except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
+            result.failures.append(Failure(feature, fmt, f"{type(exc).__name__}: {str(exc)[:500]}"))
+            continue
+        say(f"    {feature} -> {relative}: validating on {len(cases)} shapes")
+        report = validate(fmt, runner, output_names, cases, atol)
+        del runner
+        seconds = time.perf_counter() - step
+        result.timings[f"{feature}/{fmt}"] = seconds
+        if not report.passed:
+            result.failures.append(Failure(feature, fmt, "validation failed", report))
+            continue
+        files = artifact_files(path) if fmt == "onnx" else [path]
+        result.artifacts.append(Artifact(
+            path=relative, format=fmt, feature=feature, inputs=[i.name for i in inputs], outputs=output_names,
+            dynamic_axes=axes, opset=options.opset if fmt == "onnx" else None, exporter=exporter,
+            files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
+            validation=report, seconds=seconds, random_head=random_head))
+
+
+def _validation_inputs(spec: ExportSpec, config, inputs, feature: str, tokenizer) -> list[tuple[str, dict]]:
+    """Inputs for every validation shape; the padded one is real text when the checkpoint has a tokenizer."""
+    named = []
+    for seed, shape in enumerate(spec.validation_shapes(feature), 1):
+        real = None
+        if shape.padded and tokenizer is not None and hasattr(spec, "text_inputs"):
+            real = spec.text_inputs(tokenizer, inputs, feature, config)
+        if real is not None:
+            sizes = dict(zip(inputs[0].dims, real[inputs[0].name].shape))
+            named.append((Shape(sizes, padded=True).describe() + ", real text", real))
+        else:
+            named.append((shape.describe(), spec.example_inputs(config, inputs, shape, seed=seed)))
+    return named
+
+
+def _dynamic_axes(inputs, output_names, example, wrapper, cases) -> dict[str, dict[int, str]]:
+    """Input axes from the spec; output axes inferred from which input axis each output dimension follows."""
+    axes = {spec.name: spec.dynamic_axes for spec in inputs}
+    with torch.no_grad():
+        runs = [(example, list(wrapper(*example.values())))] + [(c.inputs, c.expected) for c in cases]
+    sizes = []
+    for run_inputs, _ in runs:
+        sizes.append({axis: run_inputs[spec.name].shape[i] for spec in inputs for i, axis in spec.dynamic_axes.items()})
+    for index, name in enumerate(output_names):
+        found = {}
+        for dim in range(runs[0][1][index].dim()):
+            observed = [outputs[index].shape[dim] for _, outputs in runs]
+            for axis in sizes[0]:
+                if observed == [s[axis] for s in sizes]:
+                    found[dim] = axis
+                    break
+        axes[name] = found
+    return axes
+
+
+def _file_digest(path: Path) -> dict:
+    return {"sha256": ckpt.sha256_file(path), "size": path.stat().st_size}
