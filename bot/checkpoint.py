@@ -8,6 +8,7 @@ then with `weights_only=True`, which transformers applies).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import re
@@ -67,12 +68,10 @@ class Checkpoint:
 
 @dataclass
 class FeaturePlan:
-    """The features to export, which one is primary (`onnx/model.onnx`), and the skipped ones with reasons."""
+    """The candidate features and the one expected to be primary (`onnx/model.onnx`)."""
 
     primary: str
     features: list[str]
-    skipped: dict[str, str]
-    random_heads: list[str] = field(default_factory=list)  # exported on request although their head is random
 
 
 def read_config_dict(path: Path) -> dict:
@@ -135,20 +134,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checkpoint_keys(checkpoint: Checkpoint) -> set[str]:
-    """Tensor names stored in the checkpoint (safetensors headers only; pickle files are loaded weights-only)."""
-    keys: set[str] = set()
-    for weights in checkpoint.weights:
-        if weights.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="pt") as handle:
-                keys.update(handle.keys())
-        else:
-            keys.update(torch.load(weights, map_location="meta", weights_only=True, mmap=True).keys())
-    return keys
-
-
 def auto_class(feature: str):
     import transformers
 
@@ -160,64 +145,73 @@ def feature_available(config, feature: str) -> bool:
     return type(config) in auto_class(feature)._model_mapping
 
 
-def missing_head_weights(config, feature: str, stored: set[str]) -> list[str]:
-    """Weights the model for `feature` would initialise randomly, predicted without loading any tensor.
-
-    The model is built on the meta device; names are compared with the base-model prefix stripped on both sides,
-    as transformers does when it loads a base checkpoint into a head model or the reverse. Tied weights and weights
-    transformers itself ignores do not count.
-    """
-    with torch.device("meta"):
-        model = auto_class(feature).from_config(config)
-    prefix = model.base_model_prefix + "."
-    ignore = [re.compile(p) for p in (model._keys_to_ignore_on_load_missing or [])]
-    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
-    have = {k[len(prefix):] if k.startswith(prefix) else k for k in stored}
-    missing = []
-    for name in model.state_dict():
-        if name in tied or any(p.search(name) for p in ignore):
-            continue
-        if (name[len(prefix):] if name.startswith(prefix) else name) not in have:
-            missing.append(name)
-    return missing
-
-
 def primary_feature(config, candidates: list[str]) -> str:
     """The feature whose class is the checkpoint's own (`config.architectures[0]`), else default, else the first."""
     architectures = getattr(config, "architectures", None) or []
     for feature in candidates:
-        model_class = auto_class(feature)._model_mapping.get(type(config), None)
-        if architectures and model_class is not None and model_class.__name__ == architectures[0]:
+        classes = auto_class(feature)._model_mapping.get(type(config), None) or ()
+        classes = classes if isinstance(classes, tuple) else (classes,)
+        if architectures and architectures[0] in {c.__name__ for c in classes}:
             return feature
     return "default" if "default" in candidates else candidates[0]
 
 
-def plan_features(checkpoint: Checkpoint, requested: list[str] | None, allow_random_heads: bool) -> FeaturePlan:
-    """Choose the features to export: requested ones (validated) or every feature whose head weights are stored."""
+def plan_features(checkpoint: Checkpoint, requested: list[str] | None) -> FeaturePlan:
+    """The candidate features: the requested ones (validated against the registry) or every registered one.
+
+    Whether a candidate's head weights are really stored is only known by loading it (transformers renames the
+    keys of many architectures while loading), so that check happens in `load_for_feature`, once per feature.
+    """
     registered = [f for f in checkpoint.support.features if feature_available(checkpoint.config, f)]
-    if requested:
-        unsupported = [f for f in requested if f not in registered]
-        if unsupported:
-            raise UsageError(f"{checkpoint.model_type} does not support {', '.join(unsupported)}; "
-                             f"supported: {', '.join(registered)}")
-    stored = checkpoint_keys(checkpoint)
-    features, skipped, random_heads = [], {}, []
-    for feature in requested or registered:
-        missing = missing_head_weights(checkpoint.config, feature, stored)
-        if not missing:
-            features.append(feature)
-        elif requested and allow_random_heads:
-            features.append(feature)
-            random_heads.append(feature)
-        else:
+    unsupported = [f for f in requested or [] if f not in registered]
+    if unsupported:
+        raise UsageError(f"{checkpoint.model_type} does not support {', '.join(unsupported)}; "
+                         f"supported: {', '.join(registered)}")
+    candidates = list(requested or registered)
+    return FeaturePlan(primary_feature(checkpoint.config, candidates), candidates)
+
+
+@dataclass
+class LoadedModel:
+    """A feature's model; `missing` lists weights that were randomly initialised (empty for a real head)."""
+
+    model: torch.nn.Module
+    missing: list[str]
+    load_kwargs: dict
+
+
+def load_for_feature(checkpoint: Checkpoint, feature: str) -> LoadedModel:
+    """Load a feature's model and report which weights are not in the checkpoint.
+
+    A base model loaded from a head checkpoint (e.g. token classification) often lacks only its pooler; it is then
+    reloaded without one, since every other weight is real.
+    """
+    model, missing = load_model(checkpoint, feature)
+    if missing and _only_pooler(checkpoint.config, feature, missing):
+        del model
+        model, missing = load_model(checkpoint, feature, add_pooling_layer=False)
+        return LoadedModel(model, missing, {"add_pooling_layer": False})
+    return LoadedModel(model, missing, {})
+
+
+def probe_features(checkpoint: Checkpoint) -> tuple[list[str], dict[str, str]]:
+    """Load every registered feature once: those with stored head weights, and the others with the reason."""
+    supported, skipped = [], {}
+    for feature in plan_features(checkpoint, None).features:
+        missing = load_for_feature(checkpoint, feature).missing
+        if missing:
             skipped[feature] = head_skip_reason(missing)
-    if requested and skipped:
-        raise UsageError(f"{', '.join(skipped)}: head weights not in checkpoint ({next(iter(skipped.values()))}); "
-                         f"pass --allow-random-heads to export a randomly initialised head anyway")
-    if not features:
-        raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "
-                         + "; ".join(f"{f}: {r}" for f, r in skipped.items()))
-    return FeaturePlan(primary_feature(checkpoint.config, features), features, skipped, random_heads)
+        else:
+            supported.append(feature)
+    return supported, skipped
+
+
+def _only_pooler(config, feature: str, missing: list[str]) -> bool:
+    """Whether only the base model's pooler is missing and the model class can be built without one."""
+    if feature != "default" or not all(name.startswith("pooler.") or ".pooler." in name for name in missing):
+        return False
+    model_class = auto_class(feature)._model_mapping.get(type(config), None)
+    return isinstance(model_class, type) and "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
 
 
 def head_skip_reason(missing: list[str]) -> str:
@@ -225,9 +219,10 @@ def head_skip_reason(missing: list[str]) -> str:
     return f"head weights not in checkpoint; would be random ({shown})"
 
 
-def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | None = None):
+def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | None = None, **kwargs):
     """Load the model for a feature in eval mode; returns it with the names of weights that were initialised."""
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     model, info = auto_class(feature).from_pretrained(
         checkpoint.path, trust_remote_code=False, local_files_only=True, use_safetensors=not checkpoint.uses_pickle,
         output_loading_info=True, **kwargs)

@@ -120,10 +120,11 @@ def _features(args) -> int:
     target = Path(args.target)
     if target.is_dir():
         checkpoint = ckpt.open_checkpoint(target, args.target)
-        plan = ckpt.plan_features(checkpoint, [], allow_random_heads=False)
+        supported, skipped = ckpt.probe_features(checkpoint)
         data = {"model_type": checkpoint.model_type, "family": checkpoint.support.family,
-                "origin": checkpoint.support.origin, "primary": plan.primary,
-                "supported": plan.features, "skipped": plan.skipped}
+                "origin": checkpoint.support.origin,
+                "primary": ckpt.primary_feature(checkpoint.config, supported) if supported else None,
+                "supported": supported, "skipped": skipped}
     else:
         if os.sep in args.target or args.target.startswith("."):
             raise UsageError(f"{args.target} is not a directory; pass a checkpoint directory or a model type")

@@ -85,12 +85,6 @@ class ExportResult:
         return bool(self.artifacts) and not self.failures
 
 
-def layout_path(fmt: str, feature: str, primary: str) -> str:
-    """Where an artifact lives in the model repo: the primary feature at the top, others in a feature folder."""
-    folder = fmt if feature == primary else f"{fmt}/{feature}"
-    return f"{folder}/{_FILE_NAMES[fmt]}"
-
-
 def resolve_checkpoint(job: Job, *, endpoint: str | None = None, token: str | None = None,
                        cache_dir: Path | None = None) -> ckpt.Checkpoint:
     """A local directory as is, or a Hub repo id downloaded at one commit (only the files an export needs)."""
@@ -113,11 +107,11 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     started = time.perf_counter()
     checkpoint = checkpoint or resolve_checkpoint(job, **hub_kwargs)
     options = job.options
-    plan = ckpt.plan_features(checkpoint, list(options.features), options.allow_random_heads)
+    plan = ckpt.plan_features(checkpoint, list(options.features))
     spec = spec_for_family(checkpoint.support.family)
     tokenizer = ckpt.load_tokenizer(checkpoint)
     result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, plan.primary, job.output_dir,
-                          checkpoint.source_files, skipped=dict(plan.skipped))
+                          checkpoint.source_files)
     result.timings["plan"] = time.perf_counter() - started
 
     job.output_dir.mkdir(parents=True, exist_ok=True)
@@ -125,13 +119,16 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     try:
         for index, feature in enumerate(plan.features, 1):
             say(f"[{index}/{len(plan.features)}] {feature}: loading {checkpoint.model_type} weights")
-            _export_feature(checkpoint, spec, feature, plan, options, tokenizer, staging, result, say)
+            _export_feature(checkpoint, spec, feature, job, tokenizer, staging, result, say)
             gc.collect()
+        if not result.artifacts and not result.failures:
+            raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "
+                             + "; ".join(f"{f}: {r}" for f, r in result.skipped.items()))
+        exported = {a.feature for a in result.artifacts}
+        if result.primary not in exported and exported:
+            result.primary = next(f for f in plan.features if f in exported)
         for artifact in result.artifacts:
-            for relative in artifact.files:
-                target = job.output_dir / relative
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / relative, target)
+            _place(artifact, staging, job.output_dir, result.primary)
         if result.artifacts:
             result.manifest_path = write_manifest(result, job.output_dir / MANIFEST_NAME, options)
     finally:
@@ -140,13 +137,31 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     return result
 
 
-def _export_feature(checkpoint, spec: ExportSpec, feature: str, plan, options, tokenizer, staging: Path,
+def _place(artifact: Artifact, staging: Path, output_dir: Path, primary: str) -> None:
+    """Move a validated artifact from staging to its place in the published layout."""
+    folder = artifact.format if artifact.feature == primary else f"{artifact.format}/{artifact.feature}"
+    placed = {}
+    for relative, digest in artifact.files.items():
+        target = f"{folder}/{Path(relative).name}"
+        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+        os.replace(staging / relative, output_dir / target)
+        placed[target] = digest
+    artifact.path = f"{folder}/{Path(artifact.path).name}"
+    artifact.files = placed
+
+
+def _export_feature(checkpoint, spec: ExportSpec, feature: str, job: Job, tokenizer, staging: Path,
                     result: ExportResult, say: Progress) -> None:
     started = time.perf_counter()
-    model, missing = ckpt.load_model(checkpoint, feature)
-    random_head = feature in plan.random_heads
-    if missing and not random_head:
-        result.skipped[feature] = ckpt.head_skip_reason(missing)
+    options = job.options
+    loaded = ckpt.load_for_feature(checkpoint, feature)
+    model = loaded.model
+    random_head = bool(loaded.missing)
+    if random_head and not (options.features and options.allow_random_heads):
+        reason = ckpt.head_skip_reason(loaded.missing)
+        if options.features:
+            raise UsageError(f"{feature}: {reason}; pass --allow-random-heads to export it anyway")
+        result.skipped[feature] = reason
         return
     inputs = spec.inputs(model, feature)
     example = spec.example_inputs(model.config, inputs, spec.export_shape(feature))
@@ -161,15 +176,16 @@ def _export_feature(checkpoint, spec: ExportSpec, feature: str, plan, options, t
     def wrapper_for(attention: str | None):
         if attention is None:
             return wrapper
-        reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention)
+        reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention, **loaded.load_kwargs)
         return spec.wrap(reloaded, inputs, output_names, feature)
 
-    for fmt in options.formats:
-        relative = layout_path(fmt, feature, plan.primary)
+    # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
+    for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
+        relative = f"{fmt}/{feature}/{_FILE_NAMES[fmt]}"
         path = staging / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         step = time.perf_counter()
-        say(f"    {feature} -> {relative}: exporting")
+        say(f"    {feature} -> {fmt}: exporting")
         try:
             if fmt == "onnx":
                 exporter = export_onnx(wrapper_for, example, inputs, output_names, path, options.opset,
@@ -178,13 +194,11 @@ def _export_feature(checkpoint, spec: ExportSpec, feature: str, plan, options, t
             else:
                 exporter = export_torchscript(wrapper, example, inputs, path)
                 runner = torchscript_runner(path, output_names)
-        except BotError as exc:
-            result.failures.append(Failure(feature, fmt, str(exc)))
-            continue
         except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
-            result.failures.append(Failure(feature, fmt, f"{type(exc).__name__}: {str(exc)[:500]}"))
+            message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
+            result.failures.append(Failure(feature, fmt, message))
             continue
-        say(f"    {feature} -> {relative}: validating on {len(cases)} shapes")
+        say(f"    {feature} -> {fmt}: validating on {len(cases)} input shapes")
         report = validate(fmt, runner, output_names, cases, atol)
         del runner
         seconds = time.perf_counter() - step

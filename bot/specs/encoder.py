@@ -33,7 +33,8 @@ class TextEncoderSpec(ExportSpec):
         sizes = {"batch": 2, "sequence": 8}
         if feature == "multiple-choice":
             sizes["choices"] = 4
-        return Shape(sizes)
+        # Padded, so tracing records the masked-attention path rather than a shortcut for all-ones masks.
+        return Shape(sizes, padded=True)
 
     def validation_shapes(self, feature):
         padded, small = {"batch": 3, "sequence": 13}, {"batch": 1, "sequence": 5}
@@ -51,7 +52,7 @@ class TextEncoderSpec(ExportSpec):
             mask[1, ..., dims[-1] // 2:] = 0  # the second row is padded on the right
             ids[mask == 0] = getattr(config, "pad_token_id", None) or 0
         values = {"ids": ids, "mask": mask}
-        return {spec.name: values.get(spec.kind) if spec.kind in values else _filler(spec, dims, generator)
+        return {spec.name: values[spec.kind] if spec.kind in values else _filler(spec, dims, generator)
                 for spec in inputs}
 
     def text_inputs(self, tokenizer, inputs, feature, config) -> dict[str, torch.Tensor] | None:
