@@ -1,0 +1,1 @@
+"""In-process emulators of the remote services the bot talks to, for tests that must not reach the network."""
