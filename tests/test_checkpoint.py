@@ -1,0 +1,89 @@
+"""Opening checkpoints safely and deciding which features a checkpoint really supports."""
+
+import json
+
+import pytest
+import torch
+
+from bot import checkpoint as ckpt
+from bot.errors import UnsafeCheckpointError, UsageError
+
+
+def test_a_head_checkpoint_supports_its_head_and_the_base_model_only(tiny):
+    checkpoint = ckpt.open_checkpoint(tiny("bert", "masked-lm"), "tiny")
+    supported, skipped = ckpt.probe_features(checkpoint)
+    assert supported == ["default", "masked-lm"]
+    # causal-lm would load the same prediction head without new weights, but it was trained for another task
+    assert "another task" in skipped["causal-lm"]
+    assert "another task" in skipped["sequence-classification"]
+
+
+def test_without_a_known_head_class_stored_weights_decide(tmp_path):
+    from transformers import BertForPreTraining
+
+    from tests.tiny import tiny_config
+
+    BertForPreTraining(tiny_config("bert")).save_pretrained(tmp_path)  # architectures: BertForPreTraining
+    supported, skipped = ckpt.probe_features(ckpt.open_checkpoint(tmp_path, "pretraining"))
+    assert {"default", "masked-lm", "causal-lm"} <= set(supported)
+    assert skipped["sequence-classification"].startswith("head weights not in checkpoint; would be random")
+
+
+def test_base_model_of_a_poolerless_head_checkpoint_is_loaded_without_pooler(tiny):
+    checkpoint = ckpt.open_checkpoint(tiny("bert", "token-classification"), "tiny")
+    loaded = ckpt.load_for_feature(checkpoint, "default")
+    assert loaded.missing == [] and loaded.load_kwargs == {"add_pooling_layer": False}
+    assert loaded.model.pooler is None
+
+
+def test_primary_feature_follows_config_architectures(tiny):
+    assert ckpt.plan_features(ckpt.open_checkpoint(tiny("bert", "sequence-classification"), "t"), None).primary \
+        == "sequence-classification"
+    assert ckpt.plan_features(ckpt.open_checkpoint(tiny("bert"), "t"), None).primary == "default"
+    assert ckpt.plan_features(ckpt.open_checkpoint(tiny("vit", "image-classification"), "t"), None).primary \
+        == "image-classification"
+
+
+def test_remote_code_is_refused(tiny_copy):
+    path = tiny_copy("bert")
+    config = json.loads((path / "config.json").read_text())
+    config["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsafeCheckpointError, match="custom code is not executed"):
+        ckpt.open_checkpoint(path, "evil")
+
+
+def test_pickle_weights_need_explicit_permission_and_load_weights_only(tiny_copy):
+    path = tiny_copy("bert")
+    from safetensors.torch import load_file
+
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").unlink()
+    with pytest.raises(UnsafeCheckpointError, match="--allow-pickle"):
+        ckpt.open_checkpoint(path, "pickled")
+    checkpoint = ckpt.open_checkpoint(path, "pickled", allow_pickle=True)
+    assert checkpoint.uses_pickle and ckpt.load_for_feature(checkpoint, "default").missing == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no config.json"), ("{not json", "unreadable config"), ('{"hidden_size": 3}', "no model_type"),
+])
+def test_bad_configs_are_usage_errors(tiny_copy, content, message):
+    path = tiny_copy("bert")
+    if content is None:
+        (path / "config.json").unlink()
+    else:
+        (path / "config.json").write_text(content)
+    with pytest.raises(UsageError, match=message):
+        ckpt.open_checkpoint(path, "bad")
+
+
+def test_source_files_are_hashed_and_outputs_ignored(tiny_copy):
+    path = tiny_copy("bert")
+    (path / "onnx").mkdir()
+    (path / "onnx" / "model.onnx").write_bytes(b"x")
+    (path / "README.md").write_text("card")
+    hashes = ckpt.hash_source_files(path)
+    assert set(hashes) == {"config.json", "model.safetensors"}
+    assert ckpt.select_source_files(["model.safetensors", "pytorch_model.bin", "onnx/model.onnx", "vocab.txt"]) \
+        == ["model.safetensors", "vocab.txt"]
