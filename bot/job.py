@@ -48,3 +48,17 @@ def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise UsageError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
     return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads)
+
+
+@dataclass(frozen=True)
+class PublishJob:
+    """Export a Hub model repo (or a local checkout of it) and offer the artifacts to the repo as one PR."""
+
+    repo_id: str
+    revision: str | None = None  # branch, tag or sha; None: the default branch
+    options: ExportOptions = field(default_factory=ExportOptions)
+    template: Path | None = None  # model-card section template overriding templates/model_card_section.md.j2
+    dry_run: bool = False
+    source_dir: Path | None = None  # export these files (a GitHub checkout) instead of downloading the repo
+    source_url: str | None = None  # where the source change lives (a GitHub commit), linked from the PR
+    trigger: str = "cli"  # "cli", "action" or "webhook": shown in the PR description, never changes behaviour
