@@ -67,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", metavar="OUTPUT_DIR", help="where to write onnx/, torchscript/ and the manifest")
     _add_export_options(export)
 
+    publish = commands.add_parser(
+        "publish", help="export a Hub repo and offer the artifacts to it as one PR",
+        description="Export a Hub model repo at one commit, validate every artifact and open (or update) one PR "
+                    "with the artifacts, export_manifest.json and a model-card section. HF_ENDPOINT and HF_TOKEN "
+                    "are read from the environment; the token is never taken from the command line.")
+    publish.add_argument("repo_id", metavar="REPO_ID", help="Hub model repo, owner/name")
+    publish.add_argument("--dry-run", action="store_true", help="do everything except the commit; print the PR")
+    publish.add_argument("--template", type=Path, help="model-card section template (jinja2) to use instead of ours")
+    publish.add_argument("--work-dir", type=Path, help="where downloads and exports go (default: a temporary folder)")
+    _add_export_options(publish)
+
     features = commands.add_parser("features", help="list the features a model type or checkpoint supports")
     features.add_argument("target", metavar="MODEL_TYPE_OR_PATH")
     features.add_argument("--json", action="store_true", help="machine-readable output")
@@ -142,4 +153,31 @@ def _features(args) -> int:
     return 0
 
 
-COMMANDS = {"export": _export, "features": _features}
+def _publish(args) -> int:
+    import tempfile
+
+    from bot.job import PublishJob, make_options
+    from bot.publish import publish
+    from bot.render import publish_summary
+
+    if args.allow_pickle:
+        raise UsageError("--allow-pickle is not available for publish: convert the repo's weights to safetensors")
+    options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads)
+    if args.template is not None and not args.template.is_file():
+        raise UsageError(f"template {args.template} not found")
+    if "/" not in args.repo_id or args.repo_id.count("/") != 1:
+        raise UsageError(f"{args.repo_id!r} is not a Hub repo id; use owner/name")
+    job = PublishJob(repo_id=args.repo_id, revision=args.revision, options=options, template=args.template,
+                     dry_run=args.dry_run)
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    token = os.environ.get("HF_TOKEN")
+    if not token and not args.dry_run:
+        raise UsageError("HF_TOKEN is not set; export a token with write access (or use --dry-run)")
+    with tempfile.TemporaryDirectory(prefix="hub-export-bot-") as scratch:
+        result = publish(job, endpoint=endpoint, token=token, work_dir=args.work_dir or Path(scratch),
+                         progress=_progress(time.perf_counter()))
+    print(publish_summary(result))
+    return 0 if result.ok else 1
+
+
+COMMANDS = {"export": _export, "publish": _publish, "features": _features}

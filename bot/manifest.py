@@ -28,6 +28,11 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+def options_record(options) -> dict:
+    """ExportOptions as stored in the manifest; equal records mean equal exports of equal sources."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
+
+
 def build_manifest(result, options) -> dict:
     """The manifest as a dict (JSON-ready) from an ExportResult and its ExportOptions."""
     return {
@@ -39,7 +44,7 @@ def build_manifest(result, options) -> dict:
             "model_type": result.model_type,
             "files": result.source_files,
         },
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()},
+        "options": options_record(options),
         "versions": library_versions(),
         "primary_feature": result.primary,
         "artifacts": [

@@ -62,3 +62,17 @@ def summary(result) -> str:
         lines.append(f"{len(result.failures)} artifact(s) failed, {len(result.artifacts)} validated "
                      f"({seconds:.1f} s); failed artifacts were not written")
     return "\n".join(lines)
+
+
+def publish_summary(result) -> str:
+    """What a publish run did, for the terminal; a dry run shows the PR it would open."""
+    lines = []
+    if result.export is not None:
+        for artifact in result.export.artifacts:
+            lines.append(validation_log(artifact.validation, artifact.path))
+        lines.append(summary(result.export))
+    if result.status == "dry-run":
+        lines += ["", f"PR title: {result.title}", "", result.description, "Files:"]
+        lines += [f"  {path}" for path in result.files]
+    lines.append(f"{result.status}: {result.message}" + (f" — {result.pr_url}" if result.pr_url else ""))
+    return "\n".join(lines)

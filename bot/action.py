@@ -1,0 +1,635 @@
+"""The GitHub Actions front door: `hub-export-bot action`, the command action.yml runs.
+
+It reads the job's environment (GITHUB_* from the runner, INPUT_* that action.yml passes through `env:`), builds one
+`PublishJob` for the same pipeline the CLI uses, and reports back the ways Actions offers: workflow commands on
+stdout (masks, groups, `::error::`), step outputs (GITHUB_OUTPUT), a step summary (GITHUB_STEP_SUMMARY), a JSON report
+file in RUNNER_TEMP, and a commit status and comment through bot.github.
+
+Exit codes: 0 opened / updated / up-to-date / dry-run, 1 failed, 2 bad input (a workflow or event mistake that no
+re-run fixes).
+
+Security, because this runs with the user's tokens on the user's checkout:
+- inputs reach us only as environment variables; action.yml never interpolates them into a script;
+- both tokens are masked (`::add-mask::`) before anything else is printed, and redacted from every file we write
+  and every text we send to GitHub (the runner masks the log, not the files or API calls);
+- model-path must resolve inside the workspace, and no symlink under it may point outside (no exfiltration of runner
+  files through a crafted checkout);
+- text that comes from the checkpoint or the pipeline is printed so it can never start a workflow command;
+- nothing from the checkpoint is executed: the pipeline refuses remote code and pickle.
+
+Test hook: HUB_EXPORT_BOT_PUBLISH=tests.<module>:<function> replaces bot.publish.publish with a test double, so
+tests can run `hub-export-bot action` as a subprocess without the real pipeline. Only modules under `tests.` are
+accepted and its use is announced with a `::warning::`; never set it in a workflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TextIO
+
+from bot import __version__
+from bot.errors import BotError, UsageError
+from bot.job import ExportOptions, PublishJob, make_options
+
+if TYPE_CHECKING:
+    from bot.publish import PublishResult
+
+PUBLISH_HOOK = "HUB_EXPORT_BOT_PUBLISH"
+EVENTS = ("push", "workflow_dispatch")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+DEFAULT_SERVER = "https://github.com"
+SUCCESS_STATUSES = ("opened", "updated", "up-to-date", "dry-run")  # bot.publish's statuses that exit 0
+COMMENT_STATUSES = ("opened", "updated", "failed")  # up-to-date and dry-run runs change nothing worth a notification
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+
+PublishFn = Callable[..., "PublishResult"]
+
+
+# -- the job log -----------------------------------------------------------------------------------------------------
+
+
+def escape_data(text: str) -> str:
+    """Workflow-command message escaping: % first, then CR and LF (so a message cannot end the command line)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """Workflow-command property escaping: the data rules plus `:` and `,`, which delimit properties."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+class Console:
+    """The job log. Every line is redacted; untrusted lines are neutralised so they cannot issue commands."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.secrets: list[str] = []
+
+    def mask(self, secret: str) -> None:
+        """Ask the runner to mask `secret` in the log from now on, and redact it from everything we write."""
+        if secret and secret not in self.secrets:
+            self.secrets.append(secret)
+            self._write(f"::add-mask::{escape_data(secret)}")
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            if len(secret) >= 4:  # a 1-3 character "token" is a mistake; redacting it would shred every message
+                text = text.replace(secret, "***")
+        return text
+
+    def line(self, text: str) -> None:
+        """Untrusted text (progress, error details): a line starting with `::` would be read as a command."""
+        for line in self.redact(text).splitlines() or [""]:
+            self._write("\\" + line if line.lstrip().startswith(("::", "##[")) else line)
+
+    def command(self, name: str, message: str = "", **properties: str) -> None:
+        props = ",".join(f"{key}={escape_property(self.redact(value))}" for key, value in properties.items())
+        self._write(f"::{name}{' ' + props if props else ''}::{escape_data(self.redact(message))}")
+
+    def error(self, message: str, title: str = "hub-export-bot") -> None:
+        self.command("error", message, title=title)
+
+    def warning(self, message: str, title: str = "hub-export-bot") -> None:
+        self.command("warning", message, title=title)
+
+    def notice(self, message: str, title: str = "hub-export-bot") -> None:
+        self.command("notice", message, title=title)
+
+    @contextmanager
+    def group(self, title: str) -> Iterator[None]:
+        self.command("group", title)
+        try:
+            yield
+        finally:
+            self.command("endgroup")
+
+    def progress(self, started: float) -> Callable[[str], None]:
+        def show(message: str) -> None:
+            self.line(f"[{time.perf_counter() - started:6.1f}s] {message}")
+
+        return show
+
+    def _write(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+# -- what the runner gives us ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """The GitHub side of the run: which commit of which repository, and where to write results."""
+
+    event_name: str
+    repository: str
+    sha: str
+    workspace: Path
+    server_url: str
+    api_url: str | None
+    run_url: str | None
+    runner_temp: Path
+    commit_title: str
+
+    @property
+    def source_url(self) -> str:
+        return f"{self.server_url}/{self.repository}/commit/{self.sha}"
+
+
+@dataclass(frozen=True)
+class ActionInputs:
+    """The action's `with:` inputs, validated."""
+
+    hub_repo: str
+    model_path: str  # as the user wrote it, for messages
+    model_dir: Path  # resolved, inside the workspace
+    options: ExportOptions
+    hf_token: str = field(repr=False)
+    github_token: str = field(repr=False)
+    dry_run: bool
+    comment: bool
+
+
+def read_context(environ: Mapping[str, str]) -> ActionContext:
+    """The runner's GITHUB_* variables and event payload; a UsageError when they are missing or the event is wrong."""
+    event = environ.get("GITHUB_EVENT_NAME", "")
+    missing = [name for name in ("GITHUB_EVENT_NAME", "GITHUB_REPOSITORY", "GITHUB_SHA", "GITHUB_WORKSPACE")
+               if not environ.get(name)]
+    if missing:
+        raise UsageError(f"{', '.join(missing)} not set: `hub-export-bot action` runs as a step of a GitHub Actions "
+                         f"job (see docs/github-action.md); on your machine use `hub-export-bot publish`")
+    if event in ("pull_request", "pull_request_target"):
+        raise UsageError(f"the {event} event is not supported: a pull request's code is not yours to publish yet "
+                         f"(and fork PRs get no secrets); run the action on `push` to your default branch or on "
+                         f"`workflow_dispatch`")
+    if event not in EVENTS:
+        raise UsageError(f"the {event!r} event is not supported: run the action `on: push` (to the branch that holds "
+                         f"the model) or `on: workflow_dispatch`")
+    payload = _read_event(environ.get("GITHUB_EVENT_PATH", ""))
+    head = payload.get("head_commit") or {}
+    title = (head.get("message") or "").splitlines()[0] if isinstance(head, dict) and head.get("message") else ""
+    server = (environ.get("GITHUB_SERVER_URL") or DEFAULT_SERVER).rstrip("/")
+    repository = environ["GITHUB_REPOSITORY"]
+    run_id = environ.get("GITHUB_RUN_ID")
+    return ActionContext(
+        event_name=event, repository=repository, sha=environ["GITHUB_SHA"],
+        workspace=Path(environ["GITHUB_WORKSPACE"]), server_url=server,
+        api_url=(environ.get("GITHUB_API_URL") or "").rstrip("/") or None,
+        run_url=f"{server}/{repository}/actions/runs/{run_id}" if run_id else None,
+        runner_temp=Path(environ.get("RUNNER_TEMP") or tempfile.gettempdir()), commit_title=title)
+
+
+def _read_event(path: str) -> dict:
+    if not path:
+        raise UsageError("GITHUB_EVENT_PATH is not set: the runner sets it for every job; is this GitHub Actions?")
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read the event payload {path}: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise UsageError(f"the event payload {path} is not a JSON object")
+    return payload
+
+
+def read_inputs(environ: Mapping[str, str], workspace: Path) -> ActionInputs:
+    """Validate every INPUT_* variable; each mistake is a UsageError that names the input and what to write."""
+    def get(name: str) -> str:
+        return environ.get(f"INPUT_{name}", "").strip()
+
+    hub_repo = get("HUB_REPO")
+    if not hub_repo:
+        raise UsageError("input hub-repo is required: the Hub model repo to open the PR on, e.g. `my-org/my-model`")
+    if not _REPO_ID.fullmatch(hub_repo) or ".." in hub_repo or "--" in hub_repo:
+        raise UsageError(f"input hub-repo {hub_repo!r} is not a Hub repo id: write owner/name, e.g. `my-org/my-model`")
+    dry_run = _boolean("dry-run", get("DRY_RUN"), default=False)
+    hf_token = get("HF_TOKEN")
+    if not hf_token and not dry_run:
+        raise UsageError("input hf-token is empty: store a Hugging Face token with write access as the repository "
+                         "secret HF_TOKEN (Settings → Secrets and variables → Actions) and pass "
+                         "`hf-token: ${{ secrets.HF_TOKEN }}`; note that workflows run for forks get no secrets")
+    features = [] if get("FEATURES").lower() in ("", "auto") else _split(get("FEATURES"))
+    options = make_options(features, _split(get("FORMATS")), _number("opset", get("OPSET"), int, 18),
+                           _number("atol", get("ATOL"), float, None))
+    model_path = environ.get("INPUT_MODEL_PATH", "").strip() or "."
+    return ActionInputs(hub_repo=hub_repo, model_path=model_path, model_dir=resolve_model_dir(workspace, model_path),
+                        options=options, hf_token=hf_token, github_token=get("GITHUB_TOKEN"), dry_run=dry_run,
+                        comment=_boolean("comment", get("COMMENT"), default=True))
+
+
+def _split(value: str) -> list[str]:
+    """`a,b`, `a b` and one per line (a YAML block) all mean the same list."""
+    return [item for item in re.split(r"[\s,]+", value) if item]
+
+
+def _boolean(name: str, value: str, default: bool) -> bool:
+    lowered = value.lower()
+    if not lowered:
+        return default
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0"):
+        return False
+    raise UsageError(f"input {name} must be true or false, not {value!r}")
+
+
+def _number(name: str, value: str, kind: type, default):
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        example = "18" if kind is int else "1e-4"
+        raise UsageError(f"input {name} must be a number such as {example}, not {value!r}") from None
+
+
+def resolve_model_dir(workspace: Path, model_path: str) -> Path:
+    """The checkpoint folder, refused unless it and every symlink under it stay inside the workspace.
+
+    Why so strict: the folder's files are uploaded to the Hub. A `..` path, an absolute path or a symlink to
+    ~/.ssh would publish runner files that are not part of the repository.
+    """
+    root = workspace.resolve()
+    try:
+        folder = (root / model_path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise UsageError(f"input model-path {model_path!r} cannot be resolved: {exc}") from exc
+    if not folder.is_relative_to(root):
+        raise UsageError(f"input model-path {model_path!r} leads outside the workspace: give a folder inside the "
+                         f"repository, relative to its root, such as `.` or `models/my-model`")
+    if not folder.is_dir():
+        raise UsageError(f"input model-path {model_path!r} is not a folder in the workspace: check out the repository "
+                         f"first (`uses: actions/checkout@v4`) and point model-path at the folder holding config.json")
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d != ".git" or Path(dirpath, d).is_symlink()]
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            if not path.is_symlink():
+                continue
+            try:
+                target = path.resolve()
+            except (OSError, RuntimeError):
+                target = None
+            if target is None or not target.is_relative_to(root):
+                raise UsageError(f"{path.relative_to(root)} is a symlink leading outside the workspace; the action "
+                                 f"only publishes files that are part of the repository: replace it with the file")
+    pointers = sorted(p.name for p in folder.iterdir() if _is_lfs_pointer(p))
+    if pointers:
+        raise UsageError(f"{', '.join(pointers)} in {model_path!r} are Git LFS pointers, not the files: check out "
+                         f"with `uses: actions/checkout@v4` and `with: lfs: true`")
+    return folder
+
+
+def _is_lfs_pointer(path: Path) -> bool:
+    try:
+        if not path.is_file() or path.stat().st_size > 1024:
+            return False
+        with path.open("rb") as handle:
+            return handle.read(len(_LFS_POINTER)) == _LFS_POINTER
+    except OSError:
+        return False
+
+
+def _resolve_publish(environ: Mapping[str, str], console: Console) -> PublishFn:
+    """bot.publish.publish, or the test double named by the test hook (see the module docstring)."""
+    spec = environ.get(PUBLISH_HOOK, "").strip()
+    if not spec:
+        from bot.publish import publish
+
+        return publish
+    module, _, name = spec.partition(":")
+    if not module.startswith("tests.") or not name:
+        raise UsageError(f"{PUBLISH_HOOK}={spec!r}: this test hook accepts only tests.<module>:<function>; unset it")
+    console.warning(f"{PUBLISH_HOOK} is set: publishing with the test double {spec}, not the real pipeline")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"{PUBLISH_HOOK}={spec!r} cannot be loaded: {exc}") from exc
+
+
+# -- the run ---------------------------------------------------------------------------------------------------------
+
+
+def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = None, out: TextIO | None = None) -> int:
+    """Run one action step: validate, publish, report. Returns the exit code; never raises for user errors."""
+    console = Console(out or sys.stdout)
+    hf_token, github_token = (environ.get(f"INPUT_{name}", "").strip() for name in ("HF_TOKEN", "GITHUB_TOKEN"))
+    console.mask(hf_token)  # before anything else reaches the log
+    console.mask(github_token)
+    results = ResultFiles(environ, console)
+    try:
+        context = read_context(environ)
+        inputs = read_inputs(environ, context.workspace)
+        publish = publish_fn or _resolve_publish(environ, console)
+    except UsageError as exc:
+        console.error(str(exc), title="hub-export-bot: bad input")
+        results.write_bad_input(str(exc))
+        return exc.exit_code
+
+    from bot.publish import FAILED, PublishResult
+
+    endpoint = (environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    job = PublishJob(repo_id=inputs.hub_repo, options=inputs.options, dry_run=inputs.dry_run,
+                     source_dir=inputs.model_dir, source_url=context.source_url, trigger="action")
+    reporter = GitHubReporter(context, inputs, console)
+    reporter.pending()
+    work_dir = Path(tempfile.mkdtemp(prefix="hub-export-bot-", dir=_ensure_dir(context.runner_temp)))
+    crashed = False
+    with console.group(f"Export {inputs.model_path} at {context.sha[:7]} and publish to {inputs.hub_repo}"):
+        try:
+            result = publish(job, endpoint=endpoint, token=inputs.hf_token or None, work_dir=work_dir,
+                             progress=console.progress(time.perf_counter()))
+            exit_code = 0 if result.status in SUCCESS_STATUSES else 1
+        except BotError as exc:
+            result, exit_code = PublishResult(FAILED, inputs.hub_repo, None, str(exc)), exc.exit_code
+        except Exception as exc:  # a bug or an unforeseen service failure: still report it, then fail the step
+            crashed = True
+            console.line("".join(traceback.format_exception(exc)))
+            result, exit_code = PublishResult(FAILED, inputs.hub_repo, None, f"{type(exc).__name__}: {exc}"), 1
+    if exit_code:
+        console.error(result.message, title=f"hub-export-bot: publishing to {inputs.hub_repo} failed")
+    else:
+        console.line(f"{result.status}: {result.message}" + (f" {result.pr_url}" if result.pr_url else ""))
+
+    view = RunView(context, inputs, endpoint, crashed)
+    body = results_markdown(result, view)
+    reporter.final(result, body, view.hub_url)
+    results.write(result, view, body, exit_code, work_dir, reporter.errors)
+    return exit_code
+
+
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class GitHubReporter:
+    """The commit status (pending, then success or failure) and the commit comment; failures become warnings."""
+
+    def __init__(self, context: ActionContext, inputs: ActionInputs, console: Console) -> None:
+        self.context, self.inputs, self.console = context, inputs, console
+        self.enabled = bool(inputs.github_token and context.api_url)
+        self.errors: list[str] = []
+        if not self.enabled:
+            self.console.notice("no github-token (or GITHUB_API_URL): no commit status or comment will be set")
+
+    def pending(self) -> None:
+        self._send(state="pending", description=f"Exporting {self.inputs.model_path} to {self.inputs.hub_repo}…",
+                   target_url=self.context.run_url, comment_body=None)
+
+    def final(self, result: PublishResult, body: str, hub_url: str) -> None:
+        """Green with a link to the PR (or the repo); red with a link to the job log, where the details are."""
+        ok = result.status in SUCCESS_STATUSES
+        target = result.pr_url or (hub_url if ok else self.context.run_url)
+        comment = body if self.inputs.comment and result.status in COMMENT_STATUSES else None
+        self._send(state="success" if ok else "failure", description=status_description(result),
+                   target_url=target, comment_body=comment)
+
+    def _send(self, **kwargs) -> None:
+        if not self.enabled:
+            return
+        from bot.github import report_to_github
+
+        redacted = {k: self.console.redact(v) if isinstance(v, str) else v for k, v in kwargs.items()}
+        report = report_to_github(self.context.api_url, self.inputs.github_token, self.context.repository,
+                                  self.context.sha, **redacted)
+        for error in report.errors:
+            self.console.warning(error, title="hub-export-bot: GitHub")
+            self.errors.append(error)
+
+
+def status_description(result: PublishResult) -> str:
+    """The commit status line: counts first, since GitHub cuts it at 140 characters."""
+    export = result.export
+    validated = len(getattr(export, "artifacts", None) or [])
+    failed = len(getattr(export, "failures", None) or [])
+    artifacts = f"{validated} artifact{'s' if validated != 1 else ''} validated"
+    pr = f"PR #{result.pr_num}" if result.pr_num is not None else "PR"
+    if result.status == "opened":
+        return f"{artifacts}, {pr} opened"
+    if result.status == "updated":
+        return f"{artifacts}, {pr} updated"
+    if result.status == "up-to-date":
+        return "Up to date: the Hub repo already has exports of these files"
+    if result.status == "dry-run":
+        return f"Dry run: {artifacts}, no PR opened"
+    if failed:
+        return f"Failed: {failed} of {validated + failed} artifacts did not validate"
+    return f"Failed: {result.message}"
+
+
+# -- results for people and for later steps --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the markdown needs besides the result."""
+
+    context: ActionContext
+    inputs: ActionInputs
+    endpoint: str
+    crashed: bool
+
+    @property
+    def hub_url(self) -> str:
+        return f"{self.endpoint}/{self.inputs.hub_repo}"
+
+
+def _cell(text: object) -> str:
+    """A markdown table cell: one line, pipes escaped, long error texts shortened (the log has them in full)."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= 300 else text[:299] + "…"
+
+
+def _diff(value: object) -> str:
+    return f"{value:.1e}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
+
+
+def _worst(validation: object) -> float | None:
+    diffs = getattr(validation, "max_abs_diff", None) or {}
+    values = list(diffs.values()) if isinstance(diffs, dict) else [diffs]
+    return max(values) if values else None
+
+
+def results_markdown(result: PublishResult, view: RunView) -> str:
+    """The step summary and the commit comment: headline, source, per-artifact table, skipped features, and on
+    failure why it failed and how to retry."""
+    context, inputs = view.context, view.inputs
+    repo = f"[`{inputs.hub_repo}`]({view.hub_url})"
+    pr = f"[PR #{result.pr_num}]({result.pr_url})" if result.pr_url else "a PR"
+    headline = {
+        "opened": f"✅ hub-export-bot opened {pr} on {repo}",
+        "updated": f"✅ hub-export-bot updated {pr} on {repo}",
+        "up-to-date": f"✅ {repo} is up to date: nothing to export",
+        "dry-run": f"🧪 Dry run: nothing was published to {repo}",
+    }.get(result.status, f"❌ hub-export-bot could not publish to {repo}")
+    source = f"[`{context.repository}@{context.sha[:7]}`]({context.source_url})"
+    lines = [f"### {headline}", "",
+             f"Source: {source}" + (f" ({_cell(context.commit_title)})" if context.commit_title else "")
+             + f", model path `{inputs.model_path}`", ""]
+    if result.pr_url:
+        lines += [f"**Pull request:** {result.pr_url}", ""]
+    if result.status != "failed":
+        lines += [_cell(result.message), ""]
+    lines += _artifact_table(result.export)
+    if result.status == "dry-run" and result.files:
+        lines += ["<details><summary>Files the PR would add or update</summary>", ""]
+        lines += [f"- `{path}`" for path in result.files] + ["", "</details>", ""]
+    if result.status == "failed":
+        lines += ["#### Why it failed", "", "> " + "\n> ".join(str(result.message).splitlines() or [""]), ""]
+        lines += ["#### How to retry", ""] + [f"- {hint}" for hint in _retry_hints(result, view)] + [""]
+    if context.run_url:
+        lines += [f"[Job log]({context.run_url}) · hub-export-bot {__version__}", ""]
+    return "\n".join(lines)
+
+
+def _artifact_table(export: object) -> list[str]:
+    if export is None:
+        return []
+    from bot.render import human_size  # lazily: bot.render loads torch, which only a real export needs
+
+    rows = []
+    for a in getattr(export, "artifacts", []):
+        validation = getattr(a, "validation", None)
+        atol = getattr(validation, "atol", None)
+        passed = getattr(validation, "passed", True)
+        rows.append(f"| `{a.feature}` | {_FORMAT_NAMES.get(a.format, a.format)} | `{a.path}` | {human_size(a.size)} "
+                    f"| {_diff(_worst(validation))} / {_diff(atol)} | {'✅ validated' if passed else '❌ not close'} |")
+    for f in getattr(export, "failures", []):
+        validation = getattr(f, "validation", None)
+        diff = f"{_diff(_worst(validation))} / {_diff(validation.atol)}" if validation is not None else "—"
+        rows.append(f"| `{f.feature}` | {_FORMAT_NAMES.get(f.format, f.format)} | not written | — | {diff} "
+                    f"| ❌ {_cell(f.error)} |")
+    lines = []
+    if rows:
+        lines += ["| feature | format | file | size | max diff / atol | status |", "|---|---|---|--:|---|---|", *rows, ""]
+    skipped = getattr(export, "skipped", None) or {}
+    if skipped:
+        lines += ["**Skipped features**", ""] + [f"- `{name}`: {_cell(why)}" for name, why in skipped.items()] + [""]
+    return lines
+
+
+def _retry_hints(result: PublishResult, view: RunView) -> list[str]:
+    hints = []
+    failures = getattr(result.export, "failures", None) or []
+    if any(getattr(f, "validation", None) is not None for f in failures):
+        hints.append("If the differences are small and expected for this model, raise the tolerance with the `atol` "
+                     "input, or leave the failing feature or format out with the `features` / `formats` inputs.")
+    if view.crashed:
+        hints.append("This looks like a bug in hub-export-bot: the traceback is in the job log; please report it.")
+    hints.append("Fix the cause and push again, or re-run this job (Actions → this run → Re-run jobs), or start it "
+                 "by hand if the workflow has `workflow_dispatch`. A re-run updates the bot's open PR instead of "
+                 "opening a second one.")
+    return hints
+
+
+class ResultFiles:
+    """GITHUB_OUTPUT, GITHUB_STEP_SUMMARY and the JSON report; each is skipped when the runner did not set it."""
+
+    def __init__(self, environ: Mapping[str, str], console: Console) -> None:
+        self.output = environ.get("GITHUB_OUTPUT") or None
+        self.summary = environ.get("GITHUB_STEP_SUMMARY") or None
+        self.runner_temp = Path(environ.get("RUNNER_TEMP") or tempfile.gettempdir())
+        self.console = console
+
+    def write(self, result: PublishResult, view: RunView, body: str, exit_code: int, work_dir: Path,
+              github_errors: list[str]) -> None:
+        report = {
+            "status": result.status, "exit_code": exit_code, "message": result.message,
+            "repo_id": result.repo_id, "pr_url": result.pr_url, "pr_num": result.pr_num,
+            "revision": result.revision, "files": list(result.files), "title": result.title,
+            "source": {"repository": view.context.repository, "sha": view.context.sha,
+                       "url": view.context.source_url, "model_path": view.inputs.model_path},
+            "dry_run": view.inputs.dry_run, "work_dir": str(work_dir),
+            "export": export_data(result.export),
+            "github_errors": list(github_errors),
+            "version": __version__,
+        }
+        path = self._report(report)
+        self._outputs({"pr-url": result.pr_url or "", "report": str(path), "status": result.status})
+        notes = [f"> ⚠️ GitHub: {error}" for error in github_errors]
+        self._summary(body + ("\n" + "\n>\n".join(notes) + "\n" if notes else ""))
+
+    def write_bad_input(self, message: str) -> None:
+        path = self._report({"status": "failed", "exit_code": 2, "message": message, "pr_url": None,
+                             "version": __version__})
+        self._outputs({"pr-url": "", "report": str(path), "status": "failed"})
+        self._summary("\n".join(["### ❌ hub-export-bot: bad input, nothing was published", "",
+                                 "> " + message, "",
+                                 "Fix the action's inputs in the workflow file (see docs/github-action.md) and push "
+                                 "again.", ""]))
+
+    def _report(self, data: dict) -> Path:
+        fd, name = tempfile.mkstemp(prefix="hub-export-bot-report-", suffix=".json", dir=_ensure_dir(self.runner_temp))
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(self.console.redact(json.dumps(data, indent=2, default=str, allow_nan=False)) + "\n")
+        return Path(name)
+
+    def _outputs(self, values: dict[str, str]) -> None:
+        """The `name<<DELIMITER` form with a random delimiter: no value can end its block early."""
+        if not self.output:
+            return
+        with open(self.output, "a", encoding="utf-8") as handle:
+            for name, value in values.items():
+                delimiter = f"ghadelimiter_{uuid.uuid4()}"
+                handle.write(f"{name}<<{delimiter}\n{self.console.redact(value)}\n{delimiter}\n")
+
+    def _summary(self, markdown: str) -> None:
+        if self.summary:
+            with open(self.summary, "a", encoding="utf-8") as handle:
+                handle.write(self.console.redact(markdown) + "\n")
+
+
+def _finite(value: object) -> object:
+    """JSON has no NaN or infinity; a diff that blew up is reported as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def export_data(export: object) -> dict | None:
+    """The ExportResult as plain JSON: one row per artifact and per failure, and the skipped features."""
+    if export is None:
+        return None
+    artifacts = []
+    for a in getattr(export, "artifacts", []):
+        v = getattr(a, "validation", None)
+        per_output = {k: _finite(x) for k, x in (getattr(v, "max_abs_diff", None) or {}).items()}
+        artifacts.append({"path": a.path, "format": a.format, "feature": a.feature, "size": a.size,
+                          "exporter": getattr(a, "exporter", None), "passed": getattr(v, "passed", None),
+                          "atol": getattr(v, "atol", None), "max_abs_diff": _finite(_worst(v)),
+                          "max_abs_diff_per_output": per_output})
+    failures = []
+    for f in getattr(export, "failures", []):
+        v = getattr(f, "validation", None)
+        failures.append({"feature": f.feature, "format": f.format, "error": f.error,
+                         "atol": getattr(v, "atol", None), "max_abs_diff": _finite(_worst(v)) if v else None})
+    return {"source": getattr(export, "source", None), "model_type": getattr(export, "model_type", None),
+            "primary": getattr(export, "primary", None), "artifacts": artifacts, "failures": failures,
+            "skipped": dict(getattr(export, "skipped", None) or {})}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bot.action`; the CLI's `hub-export-bot action` calls run_action the same way."""
+    import logging
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return run_action(os.environ)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
