@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import math
 import os
 import re
@@ -55,6 +56,7 @@ COMMENT_STATUSES = ("opened", "updated", "failed")  # up-to-date and dry-run run
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
+TABLE_HEADER = "| feature | format | file | size | max diff / atol | status |"
 
 PublishFn = Callable[..., "PublishResult"]
 
@@ -170,7 +172,7 @@ def read_context(environ: Mapping[str, str]) -> ActionContext:
                if not environ.get(name)]
     if missing:
         raise UsageError(f"{', '.join(missing)} not set: `hub-export-bot action` runs as a step of a GitHub Actions "
-                         f"job (see docs/github-action.md); on your machine use `hub-export-bot publish`")
+                         f"job (see the hub-export-bot README); on your machine use `hub-export-bot publish`")
     if event in ("pull_request", "pull_request_target"):
         raise UsageError(f"the {event} event is not supported: a pull request's code is not yours to publish yet "
                          f"(and fork PRs get no secrets); run the action on `push` to your default branch or on "
@@ -325,6 +327,7 @@ def _resolve_publish(environ: Mapping[str, str], console: Console) -> PublishFn:
 def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = None, out: TextIO | None = None) -> int:
     """Run one action step: validate, publish, report. Returns the exit code; never raises for user errors."""
     console = Console(out or sys.stdout)
+    logging.getLogger("bot.github").setLevel(logging.ERROR)  # its warnings reach the log as ::warning:: lines
     hf_token, github_token = (environ.get(f"INPUT_{name}", "").strip() for name in ("HF_TOKEN", "GITHUB_TOKEN"))
     console.mask(hf_token)  # before anything else reaches the log
     console.mask(github_token)
@@ -352,6 +355,9 @@ def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = Non
             result = publish(job, endpoint=endpoint, token=inputs.hf_token or None, work_dir=work_dir,
                              progress=console.progress(time.perf_counter()))
             exit_code = 0 if result.status in SUCCESS_STATUSES else 1
+        except KeyboardInterrupt:  # the run was cancelled: do not leave the commit "pending" forever
+            reporter.cancelled()
+            raise
         except BotError as exc:
             result, exit_code = PublishResult(FAILED, inputs.hub_repo, None, str(exc)), exc.exit_code
         except Exception as exc:  # a bug or an unforeseen service failure: still report it, then fail the step
@@ -387,6 +393,10 @@ class GitHubReporter:
 
     def pending(self) -> None:
         self._send(state="pending", description=f"Exporting {self.inputs.model_path} to {self.inputs.hub_repo}…",
+                   target_url=self.context.run_url, comment_body=None)
+
+    def cancelled(self) -> None:
+        self._send(state="error", description="Cancelled before the export finished",
                    target_url=self.context.run_url, comment_body=None)
 
     def final(self, result: PublishResult, body: str, hub_url: str) -> None:
@@ -454,6 +464,8 @@ def _cell(text: object) -> str:
 
 
 def _diff(value: object) -> str:
+    if value is None:
+        return "—"
     return f"{value:.1e}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
 
 
@@ -505,8 +517,9 @@ def _artifact_table(export: object) -> list[str]:
         validation = getattr(a, "validation", None)
         atol = getattr(validation, "atol", None)
         passed = getattr(validation, "passed", True)
+        verdict = "✅ validated" if passed else "❌ not close"
         rows.append(f"| `{a.feature}` | {_FORMAT_NAMES.get(a.format, a.format)} | `{a.path}` | {human_size(a.size)} "
-                    f"| {_diff(_worst(validation))} / {_diff(atol)} | {'✅ validated' if passed else '❌ not close'} |")
+                    f"| {_diff(_worst(validation))} / {_diff(atol)} | {verdict} |")
     for f in getattr(export, "failures", []):
         validation = getattr(f, "validation", None)
         diff = f"{_diff(_worst(validation))} / {_diff(validation.atol)}" if validation is not None else "—"
@@ -514,7 +527,7 @@ def _artifact_table(export: object) -> list[str]:
                     f"| ❌ {_cell(f.error)} |")
     lines = []
     if rows:
-        lines += ["| feature | format | file | size | max diff / atol | status |", "|---|---|---|--:|---|---|", *rows, ""]
+        lines += [TABLE_HEADER, "|---|---|---|--:|---|---|", *rows, ""]
     skipped = getattr(export, "skipped", None) or {}
     if skipped:
         lines += ["**Skipped features**", ""] + [f"- `{name}`: {_cell(why)}" for name, why in skipped.items()] + [""]
@@ -568,8 +581,8 @@ class ResultFiles:
         self._outputs({"pr-url": "", "report": str(path), "status": "failed"})
         self._summary("\n".join(["### ❌ hub-export-bot: bad input, nothing was published", "",
                                  "> " + message, "",
-                                 "Fix the action's inputs in the workflow file (see docs/github-action.md) and push "
-                                 "again.", ""]))
+                                 "Fix the action's inputs in the workflow file (the hub-export-bot README lists "
+                                 "them) and push again.", ""]))
 
     def _report(self, data: dict) -> Path:
         fd, name = tempfile.mkstemp(prefix="hub-export-bot-report-", suffix=".json", dir=_ensure_dir(self.runner_temp))
@@ -623,8 +636,6 @@ def export_data(export: object) -> dict | None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m bot.action`; the CLI's `hub-export-bot action` calls run_action the same way."""
-    import logging
-
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--work-dir", type=Path, help="where downloads and exports go (default: a temporary folder)")
     _add_export_options(publish)
 
+    commands.add_parser("action", help="run as the step of the GitHub Action (action.yml)",
+                        description="Read the GITHUB_* and INPUT_* variables of a GitHub Actions step, export the "
+                                    "checkout at INPUT_MODEL_PATH and offer it to INPUT_HUB_REPO as one PR.")
+
     features = commands.add_parser("features", help="list the features a model type or checkpoint supports")
     features.add_argument("target", metavar="MODEL_TYPE_OR_PATH")
     features.add_argument("--json", action="store_true", help="machine-readable output")
@@ -180,4 +184,10 @@ def _publish(args) -> int:
     return 0 if result.ok else 1
 
 
-COMMANDS = {"export": _export, "publish": _publish, "features": _features}
+def _action(args) -> int:
+    from bot.action import run_action
+
+    return run_action(os.environ)
+
+
+COMMANDS = {"export": _export, "publish": _publish, "features": _features, "action": _action}

@@ -33,8 +33,7 @@ _FAILURES = (GithubException, requests.exceptions.RequestException)
 
 _HINTS = {
     401: "the token was refused: pass `github-token: ${{ github.token }}` (the default) or a valid token",
-    403: "the token may not do this: give the workflow `permissions: statuses: write` for the status and "
-         "`contents: write` for the commit comment (or set `comment: false`)",
+    403: "the token may not do this",
     404: "the token cannot see this repository: check `GITHUB_REPOSITORY` and the token's repository access",
     422: "GitHub refused the request as invalid",
 }
@@ -96,19 +95,22 @@ def report_to_github(api_url: str, token: str, repo_full_name: str, sha: str, *,
                                           description=clip_description(description), context=CONTEXT)
             report.status = status.state
         except _FAILURES as exc:
-            report.errors.append(_explain(f"set the {CONTEXT} status on {repo_full_name}@{sha[:7]}", exc, api_url))
+            report.errors.append(_explain(f"set the {CONTEXT} status on {repo_full_name}@{sha[:7]}", exc, api_url,
+                                          "give the workflow `permissions: statuses: write`"))
         if comment_body:
             body = comment_body if len(comment_body) <= MAX_COMMENT else comment_body[:MAX_COMMENT] + "\n\n(truncated)"
             try:
                 report.comment_url = commit.create_comment(body).html_url
             except _FAILURES as exc:
-                report.errors.append(_explain(f"comment on {repo_full_name}@{sha[:7]}", exc, api_url))
+                report.errors.append(_explain(f"comment on {repo_full_name}@{sha[:7]}", exc, api_url,
+                                              "give the workflow `permissions: contents: write`, or set "
+                                              "`comment: false`"))
     for error in report.errors:
         log.warning("%s", error)
     return report
 
 
-def _explain(action: str, exc: Exception, api_url: str) -> str:
+def _explain(action: str, exc: Exception, api_url: str, permission: str) -> str:
     """One sentence: what we tried, what GitHub (or the network) answered, and what to do about it."""
     if isinstance(exc, GithubException):
         data = exc.data if isinstance(exc.data, dict) else {}
@@ -117,6 +119,8 @@ def _explain(action: str, exc: Exception, api_url: str) -> str:
         if details:
             detail = f"{detail}: {'; '.join(details)}"
         hint = _HINTS.get(exc.status) or ("GitHub is failing; re-run the job later" if (exc.status or 0) >= 500 else "")
+        if exc.status == 403:
+            hint = f"{hint}: {permission}"
         return f"could not {action}: GitHub answered {exc.status} {detail}" + (f" ({hint})" if hint else "")
     if isinstance(exc, requests.exceptions.RetryError):
         return f"could not {action}: {api_url} kept answering server errors after retries; re-run the job later"
