@@ -149,12 +149,9 @@ def feature_available(config, feature: str) -> bool:
 def own_feature(config, candidates: list[str]) -> str | None:
     """The feature whose model class is the checkpoint's own (`config.architectures[0]`), if any."""
     architectures = getattr(config, "architectures", None) or []
-    for feature in candidates:
-        classes = auto_class(feature)._model_mapping.get(type(config), None) or ()
-        classes = classes if isinstance(classes, tuple) else (classes,)
-        if architectures and architectures[0] in {c.__name__ for c in classes}:
-            return feature
-    return None
+    matching = [f for f in candidates if architectures and architectures[0] in _classes(config, f)]
+    # a class serving a feature and its -with-past twin: the twin is the richer export
+    return next((f for f in matching if f.endswith("-with-past")), matching[0] if matching else None)
 
 
 def primary_feature(config, candidates: list[str]) -> str:
@@ -179,13 +176,23 @@ def plan_features(checkpoint: Checkpoint, requested: list[str] | None) -> Featur
     if requested:
         return FeaturePlan(primary_feature(checkpoint.config, requested), list(requested))
     own = own_feature(checkpoint.config, registered)
-    if own is None or own == "default":
-        return FeaturePlan(primary_feature(checkpoint.config, registered), registered)
-    candidates = [f for f in registered if f in ("default", own)]
-    head = checkpoint.config.architectures[0]
-    skipped = {f: f"the checkpoint's head is {head}; this head would reuse weights trained for another task"
-               for f in registered if f not in candidates}
-    return FeaturePlan(own, candidates, skipped)
+    skipped = {}
+    candidates = registered
+    if own is not None and not own.startswith("default"):
+        head = checkpoint.config.architectures[0]
+        candidates = [f for f in registered if f.startswith("default") or _classes(checkpoint.config, f) >= {head}]
+        skipped = {f: f"the checkpoint's head is {head}; this head would reuse weights trained for another task"
+                   for f in registered if f not in candidates}
+    for feature in list(candidates):
+        if f"{feature}-with-past" in candidates:  # its graph(s) also serve decoding without a cache
+            candidates.remove(feature)
+            skipped[feature] = f"covered by {feature}-with-past, which also runs without a cache"
+    return FeaturePlan(primary_feature(checkpoint.config, candidates), candidates, skipped)
+
+
+def _classes(config, feature: str) -> set[str]:
+    classes = auto_class(feature)._model_mapping.get(type(config), None) or ()
+    return {c.__name__ for c in (classes if isinstance(classes, tuple) else (classes,))}
 
 
 @dataclass

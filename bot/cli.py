@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bot import __version__
 from bot.errors import BotError, UsageError
+from bot.server.serve import add_serve_parser, run_server
 
 
 def _quiet_libraries() -> None:
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     features = commands.add_parser("features", help="list the features a model type or checkpoint supports")
     features.add_argument("target", metavar="MODEL_TYPE_OR_PATH")
     features.add_argument("--json", action="store_true", help="machine-readable output")
+    add_serve_parser(commands)
     return parser
 
 
@@ -190,4 +192,4 @@ def _action(args) -> int:
     return run_action(os.environ)
 
 
-COMMANDS = {"export": _export, "publish": _publish, "features": _features, "action": _action}
+COMMANDS = {"export": _export, "publish": _publish, "features": _features, "action": _action, "serve": run_server}

@@ -28,8 +28,12 @@ FEATURES: dict[str, Feature] = {
     f.name: f
     for f in [
         Feature("default", "AutoModel", ("feature-extraction",)),
+        Feature("default-with-past", "AutoModel", ("feature-extraction-with-past",)),
         Feature("masked-lm", "AutoModelForMaskedLM", ("fill-mask",)),
         Feature("causal-lm", "AutoModelForCausalLM", ("text-generation",)),
+        Feature("causal-lm-with-past", "AutoModelForCausalLM", ("text-generation-with-past",)),
+        Feature("seq2seq-lm", "AutoModelForSeq2SeqLM", ("text2text-generation",)),
+        Feature("seq2seq-lm-with-past", "AutoModelForSeq2SeqLM", ("text2text-generation-with-past",)),
         Feature("sequence-classification", "AutoModelForSequenceClassification", ("text-classification",)),
         Feature("token-classification", "AutoModelForTokenClassification", ("ner",)),
         Feature("question-answering", "AutoModelForQuestionAnswering", ()),
@@ -101,6 +105,29 @@ for _model_type, _name, _features in [
     ("data2vec-vision", "Data2VecVision", ("default", "image-classification")),
 ]:
     register(_model_type, "vision", _features, _name, origin="registry")
+
+_DECODER = ("default", "default-with-past", "causal-lm", "causal-lm-with-past")
+for _model_type, _name, _features in [
+    ("gpt2", "OpenAI GPT-2", _DECODER + ("sequence-classification", "token-classification")),
+    ("gpt_neo", "GPT Neo", _DECODER + ("sequence-classification",)),
+    ("gptj", "GPT-J", _DECODER + ("question-answering", "sequence-classification")),
+]:
+    register(_model_type, "decoder", _features, _name, origin="registry")
+
+_SEQ2SEQ = ("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past")
+_SEQ2SEQ_CLM = _SEQ2SEQ + ("causal-lm", "causal-lm-with-past")
+for _model_type, _name, _features in [
+    ("t5", "T5", _SEQ2SEQ),
+    ("bart", "BART", _SEQ2SEQ_CLM + ("sequence-classification", "question-answering")),
+    ("mbart", "mBART", _SEQ2SEQ_CLM + ("sequence-classification", "question-answering")),
+    ("marian", "Marian", _SEQ2SEQ_CLM),
+    ("m2m_100", "M2M100", _SEQ2SEQ),
+    ("blenderbot", "Blenderbot", _SEQ2SEQ_CLM),
+    ("blenderbot-small", "BlenderbotSmall", _SEQ2SEQ_CLM),
+    ("plbart", "PLBart", _SEQ2SEQ_CLM + ("sequence-classification",)),
+    ("bigbird_pegasus", "BigBird-Pegasus", _SEQ2SEQ_CLM + ("sequence-classification", "question-answering")),
+]:
+    register(_model_type, "seq2seq", _features, _name, origin="registry")
 
 
 def normalize_feature(name: str) -> str:

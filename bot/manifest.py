@@ -52,6 +52,7 @@ def build_manifest(result, options) -> dict:
                 "path": a.path,
                 "format": a.format,
                 "feature": a.feature,
+                "component": a.component,
                 "inputs": a.inputs,
                 "outputs": a.outputs,
                 "dynamic_axes": {name: {str(i): axis for i, axis in axes.items()} for name, axes in a.dynamic_axes.items()},
@@ -66,7 +67,7 @@ def build_manifest(result, options) -> dict:
             for a in result.artifacts
         ],
         "failed": [
-            {"feature": f.feature, "format": f.format, "error": f.error,
+            {"feature": f.feature, "format": f.format, "component": f.component, "error": f.error,
              "validation": f.validation.to_dict() if f.validation else None}
             for f in result.failures
         ],

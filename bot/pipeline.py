@@ -25,13 +25,13 @@ from bot.export.onnx import artifact_files, export_onnx
 from bot.export.torchscript import export_torchscript
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
-from bot.specs import ExportSpec, Shape, spec_for_family
+from bot.specs import Graph, spec_for
 from bot.validate import ValidationReport, onnx_runner, reference_cases, torchscript_runner, validate
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Artifact:
     path: str  # relative to the output directory, posix
     format: str
     feature: str
+    component: str  # the graph: "model", or "encoder_model" / "decoder_model" / "decoder_with_past_model"
     inputs: list[str]
     outputs: list[str]
     dynamic_axes: dict[str, dict[int, str]]
@@ -64,6 +65,7 @@ class Failure:
     format: str
     error: str
     validation: ValidationReport | None = None
+    component: str = "model"
 
 
 @dataclass
@@ -108,7 +110,6 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     checkpoint = checkpoint or resolve_checkpoint(job, **hub_kwargs)
     options = job.options
     plan = ckpt.plan_features(checkpoint, list(options.features))
-    spec = spec_for_family(checkpoint.support.family)
     tokenizer = ckpt.load_tokenizer(checkpoint)
     result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, plan.primary, job.output_dir,
                           checkpoint.source_files, skipped=dict(plan.skipped))
@@ -120,7 +121,7 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     try:
         for index, feature in enumerate(plan.features, 1):
             say(f"[{index}/{len(plan.features)}] {feature}: loading {checkpoint.model_type} weights")
-            _export_feature(checkpoint, spec, feature, job, tokenizer, staging, result, say)
+            _export_feature(checkpoint, feature, job, tokenizer, staging, result, say)
             gc.collect()
         if not result.artifacts and not result.failures:
             raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "
@@ -153,12 +154,11 @@ def _place(artifact: Artifact, staging: Path, output_dir: Path, primary: str) ->
     artifact.files = placed
 
 
-def _export_feature(checkpoint, spec: ExportSpec, feature: str, job: Job, tokenizer, staging: Path,
-                    result: ExportResult, say: Progress) -> None:
+def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path, result: ExportResult,
+                    say: Progress) -> None:
     started = time.perf_counter()
     options = job.options
     loaded = ckpt.load_for_feature(checkpoint, feature)
-    model = loaded.model
     random_head = bool(loaded.missing)
     if random_head and not (options.features and options.allow_random_heads):
         reason = ckpt.head_skip_reason(loaded.missing)
@@ -166,88 +166,80 @@ def _export_feature(checkpoint, spec: ExportSpec, feature: str, job: Job, tokeni
             raise UsageError(f"{feature}: {reason}; pass --allow-random-heads to export it anyway")
         result.skipped[feature] = reason
         return
-    inputs = spec.inputs(model, feature)
-    example = spec.example_inputs(model.config, inputs, spec.export_shape(feature))
-    with torch.no_grad():
-        output_names = spec.output_names(model(**example, **spec.call_kwargs(feature), return_dict=True))
-    wrapper = spec.wrap(model, inputs, output_names, feature)
-    cases = reference_cases(wrapper, _validation_inputs(spec, model.config, inputs, feature, tokenizer))
-    axes = _dynamic_axes(inputs, output_names, example, wrapper, cases)
+    spec = spec_for(checkpoint.support.family, feature)
+    graphs = spec.graphs(loaded.model, feature, tokenizer)
     atol = options.atol or spec.atol
     result.timings[f"{feature}/load"] = time.perf_counter() - started
+    for graph in graphs:
+        cases = reference_cases(graph.wrapper, graph.cases)
+        axes = _dynamic_axes(graph, cases)
 
-    def wrapper_for(attention: str | None):
-        if attention is None:
-            return wrapper
-        reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention, **loaded.load_kwargs)
-        return spec.wrap(reloaded, inputs, output_names, feature)
+        def wrapper_for(attention: str | None, name=graph.name):
+            if attention is None:
+                return graphs_by_name[name].wrapper.eval()
+            reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention, **loaded.load_kwargs)
+            rebuilt = {g.name: g for g in spec.graphs(reloaded, feature, tokenizer)}
+            return rebuilt[name].wrapper.eval()
 
-    # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
-    for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
-        relative = f"{fmt}/{feature}/{_FILE_NAMES[fmt]}"
-        path = staging / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        step = time.perf_counter()
-        say(f"    {feature} -> {fmt}: exporting")
-        try:
-            if fmt == "onnx":
-                exporter = export_onnx(wrapper_for, example, inputs, output_names, path, options.opset,
-                                       options.exporter, output_axes={n: axes[n] for n in output_names})
-                runner = onnx_runner(path)
-            else:
-                exporter = export_torchscript(wrapper, example, inputs, path)
-                runner = torchscript_runner(path, output_names)
-        except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
-            message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
-            result.failures.append(Failure(feature, fmt, message))
-            continue
-        say(f"    {feature} -> {fmt}: validating on {len(cases)} input shapes")
-        report = validate(fmt, runner, output_names, cases, atol)
-        del runner
-        seconds = time.perf_counter() - step
-        result.timings[f"{feature}/{fmt}"] = seconds
-        if not report.passed:
-            result.failures.append(Failure(feature, fmt, "validation failed", report))
-            continue
-        files = artifact_files(path) if fmt == "onnx" else [path]
-        result.artifacts.append(Artifact(
-            path=relative, format=fmt, feature=feature, inputs=[i.name for i in inputs], outputs=output_names,
-            dynamic_axes=axes, opset=options.opset if fmt == "onnx" else None, exporter=exporter,
-            files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
-            validation=report, seconds=seconds, random_head=random_head))
+        graphs_by_name = {g.name: g for g in graphs}
+        # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
+        for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
+            _export_graph(graph, fmt, feature, axes, cases, wrapper_for, atol, options, staging, result, say,
+                          random_head)
 
 
-def _validation_inputs(spec: ExportSpec, config, inputs, feature: str, tokenizer) -> list[tuple[str, dict]]:
-    """Inputs for every validation shape; the padded one is real text when the checkpoint has a tokenizer."""
-    named = []
-    for seed, shape in enumerate(spec.validation_shapes(feature), 1):
-        real = None
-        if shape.padded and tokenizer is not None and hasattr(spec, "text_inputs"):
-            real = spec.text_inputs(tokenizer, inputs, feature, config)
-        if real is not None:
-            sizes = dict(zip(inputs[0].dims, real[inputs[0].name].shape))
-            named.append((Shape(sizes, padded=True).describe() + ", real text", real))
+def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for, atol: float, options,
+                  staging: Path, result: ExportResult, say: Progress, random_head: bool) -> None:
+    relative = f"{fmt}/{feature}/{graph.name}{_SUFFIXES[fmt]}"
+    path = staging / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    step = time.perf_counter()
+    label = f"{feature}/{graph.name}" if graph.name != "model" else feature
+    say(f"    {label} -> {fmt}: exporting")
+    try:
+        if fmt == "onnx":
+            exporter = export_onnx(wrapper_for, graph.example, graph.inputs, graph.output_names, path,
+                                   options.opset, options.exporter,
+                                   output_axes={n: axes[n] for n in graph.output_names})
+            runner = onnx_runner(path)
         else:
-            named.append((shape.describe(), spec.example_inputs(config, inputs, shape, seed=seed)))
-    return named
+            exporter = export_torchscript(graph.wrapper.eval(), graph.example, graph.inputs, path)
+            runner = torchscript_runner(path, graph.output_names)
+    except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
+        message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
+        result.failures.append(Failure(feature, fmt, message, component=graph.name))
+        return
+    say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
+    report = validate(fmt, runner, graph.output_names, cases, atol)
+    del runner
+    seconds = time.perf_counter() - step
+    result.timings[f"{label}/{fmt}"] = seconds
+    if not report.passed:
+        result.failures.append(Failure(feature, fmt, "validation failed", report, component=graph.name))
+        return
+    files = artifact_files(path) if fmt == "onnx" else [path]
+    result.artifacts.append(Artifact(
+        path=relative, format=fmt, feature=feature, component=graph.name, inputs=[i.name for i in graph.inputs],
+        outputs=graph.output_names, dynamic_axes=axes, opset=options.opset if fmt == "onnx" else None,
+        exporter=exporter, files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
+        validation=report, seconds=seconds, random_head=random_head))
 
 
-def _dynamic_axes(inputs, output_names, example, wrapper, cases) -> dict[str, dict[int, str]]:
+def _dynamic_axes(graph: Graph, cases) -> dict[str, dict[int, str]]:
     """Input axes from the spec; output axes inferred from which input axis each output dimension follows."""
-    axes = {spec.name: spec.dynamic_axes for spec in inputs}
+    axes = {spec.name: spec.dynamic_axes for spec in graph.inputs}
     with torch.no_grad():
-        runs = [(example, list(wrapper(*example.values())))] + [(c.inputs, c.expected) for c in cases]
-    sizes = []
-    for run_inputs, _ in runs:
-        sizes.append({axis: run_inputs[spec.name].shape[i] for spec in inputs for i, axis in spec.dynamic_axes.items()})
-    for index, name in enumerate(output_names):
+        runs = [(graph.example, list(graph.wrapper.eval()(*graph.example.values())))]
+    runs += [(c.inputs, c.expected) for c in cases]
+    sizes = [{axis: run_inputs[spec.name].shape[i] for spec in graph.inputs for i, axis in spec.dynamic_axes.items()}
+             for run_inputs, _ in runs]
+    for index, name in enumerate(graph.output_names):
         found = {}
         for dim in range(runs[0][1][index].dim()):
             observed = [outputs[index].shape[dim] for _, outputs in runs]
-            for axis in sizes[0]:
-                if observed == [s[axis] for s in sizes]:
-                    found[dim] = axis
-                    break
+            axis = next((a for a in sizes[0] if observed == [s[a] for s in sizes]), None)
+            if axis is not None:
+                found[dim] = axis
         axes[name] = found
     return axes
 

@@ -86,6 +86,7 @@ class ValidationCase:
 def reference_cases(wrapper: torch.nn.Module, named_inputs: list[tuple[str, dict[str, torch.Tensor]]]) -> list[ValidationCase]:
     """Run the eager model once per input set; the references are shared by every format."""
     cases = []
+    wrapper.eval()  # an exporter that failed may have left the model in training mode (dropout on)
     with torch.no_grad():
         for shape, inputs in named_inputs:
             cases.append(ValidationCase(shape, inputs, list(wrapper(*inputs.values()))))

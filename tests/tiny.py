@@ -27,12 +27,28 @@ OVERRIDES: dict[str, dict] = {
     "squeezebert": dict(embedding_size=32, intermediate_size=64),
 }
 VISION_TYPES = {"vit", "deit", "beit", "data2vec-vision"}
+SEQ2SEQ = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+               decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
+               pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, num_labels=3)
+OWN_BASE: dict[str, dict] = {
+    "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, num_labels=3),
+    "gpt_neo": dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+                    max_position_embeddings=64, window_size=16, intermediate_size=37, pad_token_id=0, num_labels=3),
+    "gptj": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64, pad_token_id=0,
+                 num_labels=3),
+    "t5": dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, decoder_start_token_id=0,
+               pad_token_id=0, eos_token_id=1),
+    "marian": {**SEQ2SEQ, "decoder_vocab_size": 99},
+    "bigbird_pegasus": {**SEQ2SEQ, "attention_type": "original_full"},
+}
+for _model_type in ("bart", "mbart", "m2m_100", "blenderbot", "blenderbot-small", "plbart"):
+    OWN_BASE[_model_type] = SEQ2SEQ
 
 
 def tiny_config(model_type: str, **extra):
     from transformers import AutoConfig
 
-    base = VISION if model_type in VISION_TYPES else COMMON
+    base = OWN_BASE.get(model_type) or (VISION if model_type in VISION_TYPES else COMMON)
     return AutoConfig.for_model(model_type, **{**base, **OVERRIDES.get(model_type, {}), **extra})
 
 

@@ -13,6 +13,7 @@ queued until it has been started `max_attempts` times, then it is failed: a pois
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -113,24 +114,33 @@ class JobQueue:
         self.path = Path(path)
         self.max_attempts = max_attempts
         self._clock = clock
+        self._write_lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             conn.executescript(_SCHEMA)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """`durable`: the commit is fsynced before it returns, so it survives power loss and not only a kill -9.
+
+        Accepting a delivery is durable (the Hub was told 202). Worker bookkeeping is not: in WAL mode a commit
+        already survives the process being killed, the next durable commit syncs it anyway, and losing it to a
+        power cut only means the job runs again, which publishing tolerates (it ends "up to date").
+        """
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA synchronous=FULL")  # an acknowledged delivery survives power loss, not just kill -9
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             yield conn
         finally:
             conn.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
+    def _transaction(self, *, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        # Writers of this process queue on a lock rather than in SQLite's busy handler, which polls with growing
+        # sleeps and so turns a burst of deliveries into a long latency tail; other processes still get busy waits.
+        with self._write_lock, self._connect(durable=durable) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -154,10 +164,13 @@ class JobQueue:
         branch holds, so it is skipped as superseded instead of exported (a Trainer pushing every few minutes must
         not queue an export per checkpoint).
         """
+        with self._connect() as conn:  # fast path without the write lock: most redeliveries are plain duplicates
+            row = self._lookup(conn, repo_id, sha)
+        if row is not None and not _requeueable(row):
+            return Enqueued(row["id"], "duplicate", row["state"])
         now = self._clock()
-        with self._transaction() as conn:
-            row = conn.execute("SELECT id, state, result_status FROM jobs WHERE repo_id = ? AND sha = ?",
-                               (repo_id, sha)).fetchone()
+        with self._transaction(durable=True) as conn:
+            row = self._lookup(conn, repo_id, sha)  # again, under the lock: it may have changed
             if row is None:
                 job_id = conn.execute(
                     "INSERT INTO jobs (repo_id, sha, state, created_at, private) VALUES (?, ?, ?, ?, ?)",
@@ -169,7 +182,7 @@ class JobQueue:
                         (SKIPPED, now, SUPERSEDED, f"superseded by a newer push ({sha[:7]})", repo_id,
                          previous_sha, QUEUED))
                 return Enqueued(job_id, "created", QUEUED)
-            if row["state"] == FAILED or (row["state"] == SKIPPED and row["result_status"] == SUPERSEDED):
+            if _requeueable(row):
                 conn.execute(
                     "UPDATE jobs SET state = ?, attempts = 0, started_at = NULL, finished_at = NULL, message = ?, "
                     "pr_url = NULL, result_status = NULL WHERE id = ?",
@@ -256,9 +269,19 @@ class JobQueue:
         return {state: found.get(state, 0) for state in STATES}
 
     @staticmethod
+    def _lookup(conn: sqlite3.Connection, repo_id: str, sha: str) -> sqlite3.Row | None:
+        return conn.execute("SELECT id, state, result_status FROM jobs WHERE repo_id = ? AND sha = ?",
+                            (repo_id, sha)).fetchone()
+
+    @staticmethod
     def _state(conn: sqlite3.Connection, job_id: int) -> str:
         row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return row["state"] if row else "unknown"
+
+
+def _requeueable(row: sqlite3.Row) -> bool:
+    """A redelivery queues these again (see JobQueue.enqueue)."""
+    return row["state"] == FAILED or (row["state"] == SKIPPED and row["result_status"] == SUPERSEDED)
 
 
 def _record(row: sqlite3.Row) -> JobRecord:

@@ -127,6 +127,7 @@ def _listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --host or --port") from None
+    sock.listen(2048)  # listening before "listening on" is logged: a client that reads the log can connect at once
     sock.set_inheritable(False)
     return sock
 

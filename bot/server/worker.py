@@ -129,7 +129,11 @@ class ChildTask:
 
 
 def _die_with_parent(parent_pid: int) -> None:
-    """Make sure this child does not outlive the server (which would let a job run twice after a restart)."""
+    """Make sure this child does not outlive the server (which would let a job run twice after a restart).
+
+    The kernel ties PR_SET_PDEATHSIG to the thread that started the child: a worker thread, which lives as long as
+    the server and outlives its children in an orderly stop.
+    """
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -196,6 +200,8 @@ class WorkerPool:
         return f"WorkerPool(workers={self.workers}, endpoint={self.endpoint!r})"
 
     def start(self) -> None:
+        """Start the threads; the server owns the state dir, so work dirs left by a killed run are removed first."""
+        shutil.rmtree(self.work_root, ignore_errors=True)
         atexit.register(self._kill_children)  # runs before multiprocessing's own exit hook, which would join them
         for index in range(self.workers):
             thread = threading.Thread(target=self._loop, name=f"export-worker-{index}", daemon=True)

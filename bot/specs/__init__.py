@@ -60,8 +60,28 @@ class OrderedOutputs(torch.nn.Module):
         return tuple(outputs[name] for name in self.output_names)
 
 
+@dataclass
+class Graph:
+    """One graph a feature exports: its wrapper, its contract, and the inputs to export and validate it with.
+
+    Most features export one graph named "model"; encoder-decoder features export "encoder_model",
+    "decoder_model" and "decoder_with_past_model", the file names optimum and transformers.js look for.
+    """
+
+    name: str
+    wrapper: torch.nn.Module
+    inputs: list[InputSpec]
+    output_names: list[str]
+    example: dict[str, torch.Tensor]
+    cases: list[tuple[str, dict[str, torch.Tensor]]]  # (description of the shape, inputs), none the export's
+
+
 class ExportSpec:
-    """Base class of the per-family specs; subclass it to support a custom architecture (see README)."""
+    """Base class of the per-family specs; subclass it to support a custom architecture (see README).
+
+    A single-graph spec implements `inputs`, `export_shape`, `validation_shapes` and `example_inputs`; `graphs`
+    assembles them. Multi-graph families override `graphs`.
+    """
 
     family = "base"
     atol = 1e-4
@@ -79,6 +99,10 @@ class ExportSpec:
     def example_inputs(self, config, inputs: list[InputSpec], shape: Shape, seed: int = 0) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def text_inputs(self, tokenizer, inputs: list[InputSpec], feature: str, config) -> dict[str, torch.Tensor] | None:
+        """Real inputs from the checkpoint's tokenizer for the padded validation shape, or None to use random ones."""
+        return None
+
     def output_names(self, outputs) -> list[str]:
         """The tensors of a model output that the graph exports, in the model's own order."""
         return [k for k, v in outputs.items() if k not in _NON_EXPORTED_OUTPUTS and isinstance(v, torch.Tensor)]
@@ -90,21 +114,40 @@ class ExportSpec:
     def wrap(self, model, inputs: list[InputSpec], output_names: list[str], feature: str) -> OrderedOutputs:
         return OrderedOutputs(model, [i.name for i in inputs], list(output_names), self.call_kwargs(feature))
 
+    def graphs(self, model, feature: str, tokenizer=None) -> list[Graph]:
+        inputs = self.inputs(model, feature)
+        example = self.example_inputs(model.config, inputs, self.export_shape(feature))
+        with torch.no_grad():
+            names = self.output_names(model(**example, **self.call_kwargs(feature), return_dict=True))
+        cases = []
+        for seed, shape in enumerate(self.validation_shapes(feature), 1):
+            real = self.text_inputs(tokenizer, inputs, feature, model.config) if shape.padded and tokenizer else None
+            if real is not None:
+                sizes = dict(zip(inputs[0].dims, real[inputs[0].name].shape))
+                cases.append((Shape(sizes, padded=True).describe() + ", real text", real))
+            else:
+                cases.append((shape.describe(), self.example_inputs(model.config, inputs, shape, seed=seed)))
+        return [Graph("model", self.wrap(model, inputs, names, feature), inputs, names, example, cases)]
+
 
 def accepts(model: torch.nn.Module, argument: str) -> bool:
     """Whether the model's forward takes an argument of this name."""
     return argument in inspect.signature(model.forward).parameters
 
 
-def spec_for_family(family: str) -> ExportSpec:
-    """The spec instance for a registry family name."""
+def spec_for(family: str, feature: str) -> ExportSpec:
+    """The spec for a registry family and feature (a causal-lm head on an encoder-decoder family is a decoder)."""
+    from bot.specs.decoder import DecoderSpec
     from bot.specs.encoder import TextEncoderSpec
+    from bot.specs.seq2seq import Seq2SeqSpec
     from bot.specs.vision import VisionSpec
 
-    specs = {"text-encoder": TextEncoderSpec, "vision": VisionSpec}
     if family in CUSTOM_SPECS:
         return CUSTOM_SPECS[family]
-    return specs[family]()
+    if family == "seq2seq" and feature.startswith("causal-lm"):
+        family = "decoder"
+    return {"text-encoder": TextEncoderSpec, "vision": VisionSpec, "decoder": DecoderSpec,
+            "seq2seq": Seq2SeqSpec}[family]()
 
 
-CUSTOM_SPECS: dict[str, ExportSpec] = {}
+CUSTOM_SPECS: dict[str, ExportSpec] = {}  # family name -> spec instance, filled by bot.custom

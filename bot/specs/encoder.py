@@ -55,7 +55,7 @@ class TextEncoderSpec(ExportSpec):
         return {spec.name: values[spec.kind] if spec.kind in values else _filler(spec, dims, generator)
                 for spec in inputs}
 
-    def text_inputs(self, tokenizer, inputs, feature, config) -> dict[str, torch.Tensor] | None:
+    def text_inputs(self, tokenizer, inputs, feature, config):
         """Real sentences through the checkpoint's tokenizer, padded: the padded validation input."""
         if feature == "multiple-choice":
             return None
