@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 COMMON = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-              max_position_embeddings=64, type_vocab_size=2, num_labels=3)
+              max_position_embeddings=64, type_vocab_size=2, num_labels=2)
 VISION = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-              num_attention_heads=4, intermediate_size=37, num_labels=3, encoder_stride=8)
+              num_attention_heads=4, intermediate_size=37, num_labels=2, encoder_stride=8)
 
 OVERRIDES: dict[str, dict] = {
     "albert": dict(embedding_size=16),
@@ -29,13 +29,13 @@ OVERRIDES: dict[str, dict] = {
 VISION_TYPES = {"vit", "deit", "beit", "data2vec-vision"}
 SEQ2SEQ = dict(vocab_size=99, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                decoder_attention_heads=4, encoder_ffn_dim=37, decoder_ffn_dim=37, max_position_embeddings=64,
-               pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, num_labels=3)
+               pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, num_labels=2)
 OWN_BASE: dict[str, dict] = {
-    "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, num_labels=3),
+    "gpt2": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, n_positions=64, pad_token_id=0, num_labels=2),
     "gpt_neo": dict(vocab_size=99, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
-                    max_position_embeddings=64, window_size=16, intermediate_size=37, pad_token_id=0, num_labels=3),
+                    max_position_embeddings=64, window_size=16, intermediate_size=37, pad_token_id=0, num_labels=2),
     "gptj": dict(vocab_size=99, n_embd=32, n_layer=2, n_head=4, rotary_dim=4, n_positions=64, pad_token_id=0,
-                 num_labels=3),
+                 num_labels=2),
     "t5": dict(vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, decoder_start_token_id=0,
                pad_token_id=0, eos_token_id=1),
     "marian": {**SEQ2SEQ, "decoder_vocab_size": 99},

@@ -6,8 +6,10 @@ so it is re-saved inline); from 2 GB on, `model.onnx` plus ONE external-data fil
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -57,7 +59,7 @@ def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: d
             return name
         except Exception as exc:  # any exporter failure: record it and try the next exporter
             log.info("ONNX exporter %s failed: %s", name, exc)
-            errors.append(f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+            errors.append(f"{name}: {_summary(exc)}")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     raise ExportError("ONNX export failed with every exporter: " + " | ".join(errors))
@@ -71,14 +73,38 @@ def _run_exporter(wrapper, example, inputs, output_names, path: Path, opset: int
         warnings.simplefilter("ignore")
         if dynamo:
             dims: dict[str, torch.export.Dim] = {}
-            shapes = tuple({i: dims.setdefault(a, torch.export.Dim(a)) for i, a in spec.dynamic_axes.items()}
-                           for spec in inputs)
+            shapes = [{i: dims.setdefault(a, torch.export.Dim(a)) for i, a in spec.dynamic_axes.items()}
+                      for spec in inputs]
             torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=output_names,
-                              dynamic_shapes=(shapes,), opset_version=opset, dynamo=True, verbose=False)
+                              dynamic_shapes=_by_signature(wrapper, shapes), opset_version=opset, dynamo=True,
+                              verbose=False)
         else:
             torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=output_names,
                               dynamic_axes={**{spec.name: spec.dynamic_axes for spec in inputs}, **output_axes},
                               opset_version=opset, dynamo=False)
+
+
+def _by_signature(wrapper: torch.nn.Module, shapes: list) -> tuple:
+    """Per-input dynamic shapes arranged like forward's parameters (a `*past` parameter takes a tuple)."""
+    arranged, index = [], 0
+    for parameter in inspect.signature(wrapper.forward).parameters.values():
+        if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+            if index < len(shapes):
+                arranged.append(tuple(shapes[index:]))
+            index = len(shapes)
+        elif index < len(shapes):
+            arranged.append(shapes[index])
+            index += 1
+    return tuple(arranged)
+
+
+def _summary(exc: Exception) -> str:
+    """The informative line of an exporter error (torch wraps the cause in a long, colourful preamble)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    cause = re.search(r"^<class '([^']+)'>: (.+)$", text, re.MULTILINE)
+    first = cause.group(1).rsplit(".", 1)[-1] + ": " + cause.group(2) if cause else \
+        (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first[:300]}"
 
 
 def _finalize(written: Path, path: Path) -> None:
