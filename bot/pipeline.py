@@ -26,7 +26,9 @@ from bot.export.torchscript import export_torchscript
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
 from bot.specs import Graph, spec_for
-from bot.validate import ValidationReport, onnx_runner, reference_cases, torchscript_runner, validate
+from bot.generation import GENERATION_FEATURES, check_generation
+from bot.validate import (ValidationReport, named_caller, onnx_runner, reference_cases, torchscript_runner,
+                          validate)
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,27 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
         for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
             _export_graph(graph, fmt, feature, axes, cases, wrapper_for, atol, options, staging, result, say,
                           random_head)
+    if feature in GENERATION_FEATURES:
+        for fmt in options.formats:
+            _check_generation(loaded.model, feature, fmt, graphs, staging, result, say)
+
+
+def _check_generation(model, feature: str, fmt: str, graphs: list[Graph], staging: Path, result: ExportResult,
+                      say: Progress) -> None:
+    """Decode with the feature's validated graphs of one format; on a mismatch they all become failures."""
+    artifacts = [a for a in result.artifacts if a.feature == feature and a.format == fmt]
+    if len(artifacts) != len(graphs):
+        return  # a graph already failed: the feature is incomplete in this format
+    say(f"    {feature} -> {fmt}: greedy decoding with the artifacts vs generate()")
+    callers = {a.component: named_caller(fmt, staging / a.path, a.inputs, a.outputs) for a in artifacts}
+    past_inputs = {g.name: {i.name: i.dims for i in g.inputs if i.kind == "past"} for g in graphs}
+    check = check_generation(model.eval(), feature, lambda component, named: callers[component](named), past_inputs)
+    for artifact in artifacts:
+        artifact.validation.generation = check.to_dict()
+        if not check.passed:
+            result.artifacts.remove(artifact)
+            result.failures.append(Failure(feature, fmt, "greedy decoding with the artifacts differs from "
+                                           "generate()", artifact.validation, component=artifact.component))
 
 
 def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for, atol: float, options,

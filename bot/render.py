@@ -30,6 +30,11 @@ def validation_log(report: ValidationReport, path: str) -> str:
             close = output.values_ok(report.atol)
             lines.append(f"\t\t\t-[{_mark(close)}] {'all values close' if close else 'values not close'} "
                          f"(atol: {report.atol:g}, max diff: {output.max_abs_diff:.3g})")
+    if report.generation is not None:
+        g = report.generation
+        verdict = "matches" if g["passed"] else "differs from"
+        lines.append(f"\t-[{_mark(g['passed'])}] greedy decoding with the artifacts {verdict} generate(): "
+                     f"{g['actual']} vs {g['expected']}" + (f" ({g['error']})" if g["error"] else ""))
     return "\n".join(lines)
 
 

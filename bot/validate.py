@@ -45,12 +45,15 @@ class ValidationReport:
     atol: float
     expected_names: list[str]
     checks: list[ShapeCheck]
+    generation: dict | None = None  # greedy-decoding parity (bot.generation), for generative features
 
     def names_ok(self, check: ShapeCheck) -> bool:
         return check.actual_names == self.expected_names
 
     @property
     def passed(self) -> bool:
+        if self.generation is not None and not self.generation["passed"]:
+            return False
         return bool(self.checks) and all(
             check.error is None and self.names_ok(check) and all(o.values_ok(self.atol) for o in check.outputs)
             for check in self.checks)
@@ -71,6 +74,7 @@ class ValidationReport:
             "shapes_tried": [check.shape for check in self.checks],
             "max_abs_diff": self.max_abs_diff,
             "errors": [check.error for check in self.checks if check.error],
+            **({"generation": self.generation} if self.generation is not None else {}),
         }
 
 
@@ -125,6 +129,17 @@ def torchscript_runner(path: Path, output_names: list[str]) -> Runner:
         return list(output_names[: len(outputs)]), [o.numpy() for o in outputs]
 
     return run
+
+
+def named_caller(fmt: str, path: Path, input_names: list[str], output_names: list[str]):
+    """A component as a function of named numpy inputs to named numpy outputs (for decoding loops)."""
+    runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, output_names)
+
+    def call(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names, arrays = runner({name: torch.from_numpy(np.ascontiguousarray(named[name])) for name in input_names})
+        return dict(zip(names, arrays))
+
+    return call
 
 
 def validate(fmt: str, runner: Runner, expected_names: list[str], cases: list[ValidationCase],

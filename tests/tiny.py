@@ -52,8 +52,13 @@ def tiny_config(model_type: str, **extra):
     return AutoConfig.for_model(model_type, **{**base, **OVERRIDES.get(model_type, {}), **extra})
 
 
-def build_checkpoint(directory: Path, model_type: str, feature: str = "default", seed: int = 0) -> Path:
-    """Save a tiny random model of `model_type` with the head of `feature` into `directory`."""
+def build_checkpoint(directory: Path, model_type: str, feature: str = "default", seed: int = 0,
+                     lively: bool = False) -> Path:
+    """Save a tiny random model of `model_type` with the head of `feature` into `directory`.
+
+    `lively` widens the weights so greedy decoding produces varied tokens instead of repeating one token, which
+    makes generation-parity checks meaningful.
+    """
     from bot.checkpoint import auto_class
 
     torch.manual_seed(seed)
@@ -61,5 +66,9 @@ def build_checkpoint(directory: Path, model_type: str, feature: str = "default",
     config = tiny_config(model_type, **extra)
     config.architectures = []  # some tasks map to several classes; an empty list picks the first
     model = auto_class(feature).from_config(config).eval()
+    if lively:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.normal_(0.0, 0.3)
     model.save_pretrained(directory)
     return directory
