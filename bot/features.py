@@ -129,6 +129,9 @@ for _model_type, _name, _features in [
 ]:
     register(_model_type, "seq2seq", _features, _name, origin="registry")
 
+register("perceiver", "perceiver", ("masked-lm", "sequence-classification", "image-classification"), "Perceiver",
+         origin="registry")
+
 
 def normalize_feature(name: str) -> str:
     """Map a seed feature name or a pipeline-task synonym to the canonical feature name."""

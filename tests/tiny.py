@@ -41,6 +41,9 @@ OWN_BASE: dict[str, dict] = {
     "marian": {**SEQ2SEQ, "decoder_vocab_size": 99},
     "bigbird_pegasus": {**SEQ2SEQ, "attention_type": "original_full"},
 }
+OWN_BASE["perceiver"] = dict(vocab_size=262, num_latents=8, d_latents=32, d_model=32, num_blocks=1,
+                             num_self_attends_per_block=1, num_self_attention_heads=2, num_cross_attention_heads=2,
+                             max_position_embeddings=64, image_size=16, num_labels=2)
 for _model_type in ("bart", "mbart", "m2m_100", "blenderbot", "blenderbot-small", "plbart"):
     OWN_BASE[_model_type] = SEQ2SEQ
 

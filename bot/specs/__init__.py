@@ -139,6 +139,7 @@ def spec_for(family: str, feature: str) -> ExportSpec:
     """The spec for a registry family and feature (a causal-lm head on an encoder-decoder family is a decoder)."""
     from bot.specs.decoder import DecoderSpec
     from bot.specs.encoder import TextEncoderSpec
+    from bot.specs.perceiver import PerceiverSpec
     from bot.specs.seq2seq import Seq2SeqSpec
     from bot.specs.vision import VisionSpec
 
@@ -147,7 +148,7 @@ def spec_for(family: str, feature: str) -> ExportSpec:
     if family == "seq2seq" and feature.startswith("causal-lm"):
         family = "decoder"
     return {"text-encoder": TextEncoderSpec, "vision": VisionSpec, "decoder": DecoderSpec,
-            "seq2seq": Seq2SeqSpec}[family]()
+            "seq2seq": Seq2SeqSpec, "perceiver": PerceiverSpec}[family]()
 
 
 CUSTOM_SPECS: dict[str, ExportSpec] = {}  # family name -> spec instance, filled by bot.custom
