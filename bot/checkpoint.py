@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from bot.errors import UnsafeCheckpointError, UsageError
-from bot.features import FEATURES, ModelSupport, support_for
+from bot.custom import resolve_support
+from bot.features import FEATURES, ModelSupport
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +99,17 @@ def open_checkpoint(path: Path, source: str, revision: str | None = None, allow_
     if not path.is_dir():
         raise UsageError(f"checkpoint directory not found: {path}; pass an existing directory or a Hub repo id")
     data = read_config_dict(path)
-    support = support_for(data["model_type"])
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
+    if data["model_type"] not in CONFIG_MAPPING_NAMES:
+        raise UsageError(f"unsupported architecture {data['model_type']!r}: transformers "
+                         f"does not know this model type (custom code is not executed)")
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise UsageError(f"unreadable config in {path}: {exc}") from exc
+    support = resolve_support(config.model_type, config)
     safetensors = sorted(path.glob("*.safetensors"))
     pickles = sorted(path.glob("pytorch_model*.bin"))
     if not safetensors and not pickles:

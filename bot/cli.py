@@ -51,6 +51,12 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
                         help="export an explicitly requested --feature even if its head weights are not stored")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load pickle weights (pytorch_model.bin) with torch.load(weights_only=True)")
+    _add_spec_option(parser)
+
+
+def _add_spec_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", action="append", default=[], metavar="MODULE:OBJECT",
+                        help="register a custom architecture (a bot.custom.Architecture) before running; repeatable")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "checkout at INPUT_MODEL_PATH and offer it to INPUT_HUB_REPO as one PR.")
 
     features = commands.add_parser("features", help="list the features a model type or checkpoint supports")
-    features.add_argument("target", metavar="MODEL_TYPE_OR_PATH")
-    features.add_argument("--json", action="store_true", help="machine-readable output")
+    features.add_argument("target", metavar="MODEL_TYPE_OR_PATH", nargs="?",
+                          help="a model type or a checkpoint directory (omit with --markdown)")
+    output = features.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="machine-readable output")
+    output.add_argument("--markdown", action="store_true",
+                        help="the support matrix of every registered architecture (docs/support-matrix.md)")
+    _add_spec_option(features)
     add_serve_parser(commands)
     return parser
 
@@ -97,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         _quiet_libraries()
+        for reference in getattr(args, "spec", []):
+            from bot.custom import load_spec
+
+            load_spec(reference)
         return COMMANDS[args.command](args)
     except BotError as exc:
         if args.debug:
@@ -132,8 +147,15 @@ def _export(args) -> int:
 
 def _features(args) -> int:
     from bot import checkpoint as ckpt
-    from bot.features import support_for
+    from bot.custom import resolve_support
 
+    if args.markdown:
+        from bot.matrix import support_matrix
+
+        print(support_matrix(), end="")
+        return 0
+    if not args.target:
+        raise UsageError("name a model type or a checkpoint directory, or pass --markdown")
     target = Path(args.target)
     if target.is_dir():
         checkpoint = ckpt.open_checkpoint(target, args.target)
@@ -145,7 +167,7 @@ def _features(args) -> int:
     else:
         if os.sep in args.target or args.target.startswith("."):
             raise UsageError(f"{args.target} is not a directory; pass a checkpoint directory or a model type")
-        support = support_for(args.target)
+        support = resolve_support(args.target)
         data = {"model_type": support.model_type, "family": support.family, "origin": support.origin,
                 "supported": list(support.features)}
     if args.json:

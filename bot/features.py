@@ -142,12 +142,3 @@ def normalize_feature(name: str) -> str:
         return _SYNONYMS[key]
     raise UsageError(f"unknown feature {name!r}; choose from {', '.join(FEATURES)} "
                      f"(or a synonym: {', '.join(sorted(_SYNONYMS))})")
-
-
-def support_for(model_type: str) -> ModelSupport:
-    """The registry entry for a model type, or a UsageError that names what is supported."""
-    if model_type in SUPPORT:
-        return SUPPORT[model_type]
-    raise UsageError(f"unsupported architecture {model_type!r}: no export spec is registered for it. "
-                     f"Supported: {', '.join(sorted(SUPPORT))}. Register your own with `--spec module:object` "
-                     f"(see README, 'Custom architectures').")

@@ -42,6 +42,7 @@ def build_manifest(result, options) -> dict:
             "model": result.source,
             "revision": result.revision,
             "model_type": result.model_type,
+            "support": result.support,
             "files": result.source_files,
         },
         "options": options_record(options),

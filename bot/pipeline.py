@@ -75,6 +75,7 @@ class ExportResult:
     source: str
     revision: str | None
     model_type: str
+    support: str  # where the export spec came from: "registry", "custom" or "generic"
     primary: str
     output_dir: Path
     source_files: dict[str, str]
@@ -113,8 +114,8 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     options = job.options
     plan = ckpt.plan_features(checkpoint, list(options.features))
     tokenizer = ckpt.load_tokenizer(checkpoint)
-    result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, plan.primary, job.output_dir,
-                          checkpoint.source_files, skipped=dict(plan.skipped))
+    result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, checkpoint.support.origin,
+                          plan.primary, job.output_dir, checkpoint.source_files, skipped=dict(plan.skipped))
     result.timings["plan"] = time.perf_counter() - started
 
     created = not job.output_dir.exists()

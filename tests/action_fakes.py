@@ -36,14 +36,14 @@ def _report(fmt: str, atol: float, diff: float) -> ValidationReport:
 
 
 def _artifact(feature: str, fmt: str, path: str, size: int, diff: float) -> Artifact:
-    return Artifact(path=path, format=fmt, feature=feature, inputs=["input_ids", "attention_mask"],
+    return Artifact(path=path, format=fmt, feature=feature, component="model", inputs=["input_ids", "attention_mask"],
                     outputs=["last_hidden_state"], dynamic_axes={}, opset=18 if fmt == "onnx" else None,
                     exporter="dynamo" if fmt == "onnx" else "trace", files={path: {"sha256": "0" * 64, "size": size}},
                     validation=_report(fmt, 1e-4, diff), seconds=1.0)
 
 
 def export_result(work_dir: Path, failing: bool = False) -> ExportResult:
-    result = ExportResult(source="model", revision=SHA, model_type="bert", primary="default",
+    result = ExportResult(source="model", revision=SHA, model_type="bert", support="registry", primary="default",
                           output_dir=Path(work_dir) / "export", source_files={"model.safetensors": "a" * 64},
                           skipped={"masked-lm": "the checkpoint has no weights for its head (cls.predictions)"})
     result.artifacts = [_artifact("default", "onnx", "onnx/model.onnx", 1_234_567, 3.1e-6),

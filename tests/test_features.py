@@ -3,7 +3,8 @@
 import pytest
 
 from bot.errors import UsageError
-from bot.features import FEATURES, SUPPORT, normalize_feature, register, support_for
+from bot.custom import resolve_support
+from bot.features import FEATURES, SUPPORT, normalize_feature, register
 
 ISSUE_FAMILIES = {
     "text-encoder": {"albert", "bert", "big_bird", "camembert", "convbert", "data2vec-text", "distilbert", "electra",
@@ -35,14 +36,14 @@ def test_every_encoder_and_vision_architecture_is_registered():
 
 
 def test_unknown_architecture_says_how_to_proceed():
-    with pytest.raises(UsageError, match="unsupported architecture 'resnet'.*Custom architectures"):
-        support_for("resnet")
+    with pytest.raises(UsageError, match="unsupported architecture 'resnet'.*--spec module:object"):
+        resolve_support("resnet")  # a convolutional network: no family fits
 
 
 def test_register_adds_a_model_type_and_rejects_unknown_features():
     try:
         support = register("my-encoder", "text-encoder", ["default"])
-        assert support_for("my-encoder") is support and support.origin == "custom"
+        assert resolve_support("my-encoder") is support and support.origin == "custom"
         with pytest.raises(UsageError, match="unknown feature"):
             register("my-encoder", "text-encoder", ["summarize"])
     finally:
