@@ -114,18 +114,21 @@ def _finalize(written: Path, path: Path) -> None:
         model = onnx.load(str(written))  # pulls any external data into the proto
         onnx.save_model(model, str(path))
     else:
-        model = onnx.load(str(written), load_external_data=False)  # the small graph only
         data_name = path.name + EXTERNAL_DATA_SUFFIX
-        data_files = {entry.value for tensor in _external_tensors(model) for entry in tensor.external_data
-                      if entry.key == "location"}
-        if len(data_files) != 1:
-            raise ExportError(f"expected one external-data file from the exporter, got {sorted(data_files)}")
-        os.replace(written.parent / data_files.pop(), path.parent / data_name)
-        for tensor in _external_tensors(model):
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data_name
-        onnx.save_model(model, str(path))
+        model = onnx.load(str(written), load_external_data=False)  # the small graph only
+        locations = {entry.value for tensor in _external_tensors(model) for entry in tensor.external_data
+                     if entry.key == "location"}
+        if len(locations) == 1:  # dynamo's single side file: rename it and point the graph at the new name
+            os.replace(written.parent / locations.pop(), path.parent / data_name)
+            for tensor in _external_tensors(model):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data_name
+            onnx.save_model(model, str(path))
+        else:  # inline, or one file per tensor: gather every weight into ONE data file
+            model = onnx.load(str(written))
+            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
     onnx.checker.check_model(str(path))  # by path: works for models with external data too
 
 

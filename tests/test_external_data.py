@@ -1,0 +1,51 @@
+"""Graphs at the protobuf limit ship as model.onnx plus ONE model.onnx_data, and still validate and publish.
+
+The 2 GB limit is lowered for these tests so a tiny model takes the large-model path; the real > 2 GB run is in
+benchmarks/big_checkpoint.py.
+"""
+
+import json
+
+import onnx
+import onnxruntime
+import pytest
+
+from bot.export import onnx as onnx_export
+from bot.job import Job, PublishJob, make_options
+from bot.pipeline import run_export
+from bot.publish import OPENED, publish
+from tests.emulators.hub import HubEmulator
+
+
+@pytest.fixture
+def small_limit(monkeypatch):
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 4096)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_large_graphs_get_one_external_data_file(tiny, tmp_path, small_limit, exporter):
+    result = run_export(Job(model=str(tiny("bert")), output_dir=tmp_path,
+                            options=make_options(["default"], ["onnx"], exporter=exporter)))
+    assert result.ok, [(f.error, f.validation and f.validation.to_dict()) for f in result.failures]
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["model.onnx", "model.onnx_data"]
+    onnx.checker.check_model(str(tmp_path / "onnx" / "model.onnx"))
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {"model.onnx_data"}
+    onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))
+    (artifact,) = json.loads((tmp_path / "export_manifest.json").read_text())["artifacts"]
+    assert set(artifact["files"]) == {"onnx/model.onnx", "onnx/model.onnx_data"}
+    assert artifact["size"] == sum(f["size"] for f in artifact["files"].values())
+
+
+def test_external_data_is_published_with_its_graph(tiny, tmp_path, small_limit):
+    files = {p.name: p.read_bytes() for p in tiny("bert").iterdir() if p.is_file()}
+    with HubEmulator() as hub:
+        hub.create_repo("acme/big", files)
+        result = publish(PublishJob(repo_id="acme/big", options=make_options(["default"], ["onnx"],
+                                                                             exporter="torchscript")),
+                         endpoint=hub.url, token="hf_test_token", work_dir=tmp_path)
+        assert result.status == OPENED
+        pr_files = hub.files("acme/big", "refs/pr/1")
+        assert {"onnx/model.onnx", "onnx/model.onnx_data"} <= set(pr_files)
+        assert "onnx/model.onnx_data" in hub.get_commit("acme/big", "refs/pr/1").lfs
