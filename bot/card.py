@@ -61,7 +61,9 @@ def _failure_row(failure) -> dict:
 def context(result, repo_id: str, *, source_url: str | None = None, trigger: str = "cli",
             pr_ref: str | None = None, has_tokenizer: bool = False) -> dict:
     """Everything the templates may use, built from an ExportResult."""
-    artifacts = [_artifact_row(a) for a in result.artifacts]
+    order = {"onnx": 0, "torchscript": 1}
+    ranked = sorted(result.artifacts, key=lambda a: (a.feature != result.primary, a.feature, order[a.format], a.path))
+    artifacts = [_artifact_row(a) for a in ranked]
     primary = {a["format"]: a for a in artifacts if "/" not in a["path"].split("/", 1)[1]}
     shapes = sorted({shape for a in result.artifacts for shape in a.validation.to_dict()["shapes_tried"]})
     return {
