@@ -62,3 +62,27 @@ class PublishJob:
     source_dir: Path | None = None  # export these files (a GitHub checkout) instead of downloading the repo
     source_url: str | None = None  # where the source change lives (a GitHub commit), linked from the PR
     trigger: str = "cli"  # "cli", "action" or "webhook": shown in the PR description, never changes behaviour
+
+
+# PublishResult.status values
+OPENED, UPDATED, UP_TO_DATE, DRY_RUN, FAILED = "opened", "updated", "up-to-date", "dry-run", "failed"
+
+
+@dataclass
+class PublishResult:
+    """What a publish run did; `status` is one of OPENED, UPDATED, UP_TO_DATE, DRY_RUN, FAILED."""
+
+    status: str
+    repo_id: str
+    revision: str | None  # the commit sha that was exported
+    message: str
+    pr_url: str | None = None
+    pr_num: int | None = None
+    export: object | None = None  # the ExportResult, when an export ran
+    files: list[str] = field(default_factory=list)  # paths added or updated in the PR
+    title: str = ""
+    description: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,35 +18,11 @@ from bot import card
 from bot import checkpoint as ckpt
 from bot.errors import BotError
 from bot.hub import HubClient, PullRequest, RepoState, StaleParent
-from bot.job import Job, PublishJob
+from bot.job import DRY_RUN, FAILED, OPENED, UP_TO_DATE, UPDATED, Job, PublishJob, PublishResult  # noqa: F401
 from bot.manifest import MANIFEST_NAME, options_record
 from bot.pipeline import run_export
 
 log = logging.getLogger(__name__)
-
-# PublishResult.status values
-OPENED, UPDATED, UP_TO_DATE, DRY_RUN, FAILED = "opened", "updated", "up-to-date", "dry-run", "failed"
-
-
-@dataclass
-class PublishResult:
-    """What a publish run did; `status` is one of OPENED, UPDATED, UP_TO_DATE, DRY_RUN, FAILED."""
-
-    status: str
-    repo_id: str
-    revision: str | None  # the commit sha that was exported
-    message: str
-    pr_url: str | None = None
-    pr_num: int | None = None
-    export: object | None = None  # the ExportResult, when an export ran
-    files: list[str] = field(default_factory=list)  # paths added or updated in the PR
-    title: str = ""
-    description: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status != FAILED
-
 
 def publish(job: PublishJob, *, endpoint: str, token: str | None, work_dir: Path,
             progress: Callable[[str], None] | None = None) -> PublishResult:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bot.errors import UsageError
 from bot.pipeline import Artifact, ExportResult, Failure
-from bot.publish import DRY_RUN, FAILED, OPENED, UP_TO_DATE, PublishResult
+from bot.job import DRY_RUN, FAILED, OPENED, UP_TO_DATE, PublishResult
 from bot.validate import OutputCheck, ShapeCheck, ValidationReport
 
 SHA = "4f1c0de" + "0" * 33  # the Hub commit the fakes pretend to have exported

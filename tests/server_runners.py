@@ -18,25 +18,10 @@ import re
 import time
 from pathlib import Path
 
-from dataclasses import dataclass
-
 from bot.errors import UsageError
-from bot.job import PublishJob
+from bot.job import FAILED, OPENED, UP_TO_DATE, PublishJob, PublishResult
 
-OPENED, UP_TO_DATE, FAILED = "opened", "up-to-date", "failed"  # bot.publish's values (see test_server_queue)
 FAILURE_HTML = '<script>alert("x")</script> validation failed'
-
-
-@dataclass
-class PublishResult:
-    """The fields of bot.publish.PublishResult the worker reads; the real one would make every child import torch."""
-
-    status: str
-    repo_id: str
-    revision: str | None
-    message: str
-    pr_url: str | None = None
-    pr_num: int | None = None
 
 
 def _mark(job: PublishJob, kind: str, **extra) -> None:

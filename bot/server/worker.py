@@ -34,22 +34,17 @@ from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Callable
 
-from typing import TYPE_CHECKING
-
 from bot.errors import BotError
-from bot.job import PublishJob
+from bot.job import DRY_RUN, OPENED, UP_TO_DATE, UPDATED, PublishJob, PublishResult
+from bot.job import FAILED as RESULT_FAILED
 from bot.server.queue import DONE, FAILED, SKIPPED, JobQueue, JobRecord
-
-if TYPE_CHECKING:
-    from bot.publish import PublishResult
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[..., "PublishResult"]  # (job, *, endpoint, token, work_dir, progress) like bot.publish.publish
+Runner = Callable[..., PublishResult]  # (job, *, endpoint, token, work_dir, progress) like bot.publish.publish
 
-# PublishResult.status -> job state. Spelled out rather than imported: bot.publish pulls in torch, which the server
-# process (and a test runner's child) should not pay for; tests check this table against bot.publish's constants.
-STATE_BY_RESULT_STATUS = {"opened": DONE, "updated": DONE, "dry-run": DONE, "up-to-date": SKIPPED, "failed": FAILED}
+# PublishResult.status -> job state (bot.job holds both without importing torch, which bot.publish pulls in)
+STATE_BY_RESULT_STATUS = {OPENED: DONE, UPDATED: DONE, DRY_RUN: DONE, UP_TO_DATE: SKIPPED, RESULT_FAILED: FAILED}
 
 MAX_MESSAGE = 1000  # characters of an error message kept in the job row and shown on the page
 
