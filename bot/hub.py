@@ -195,6 +195,9 @@ class HubClient:
                                           commit_description=description, revision=revision,
                                           parent_commit=parent_commit, create_pr=create_pr)
 
+    def discussion_url(self, repo_id: str, num: int) -> str:
+        return f"{self.endpoint.rstrip('/')}/{repo_id}/discussions/{num}"
+
     def comment(self, repo_id: str, num: int, text: str) -> None:
         with hub_errors(repo_id):
             with_retries(lambda: self.api.comment_discussion(repo_id, num, text), "commenting on the PR")

@@ -85,11 +85,13 @@ def _publish_once(job: PublishJob, client: HubClient, work_dir: Path, say) -> Pu
         previous_manifest = client.read_text(repo, MANIFEST_NAME, open_pr.ref)
         if _covers(previous_manifest, source_files, options):
             return PublishResult(UP_TO_DATE, repo, state.sha, f"up to date: PR #{open_pr.num} already has these "
-                                                              f"exports", pr_num=open_pr.num)
+                                                              f"exports", pr_num=open_pr.num,
+                                 pr_url=client.discussion_url(repo, open_pr.num))
     for pr in prs:
         if pr.status == "closed" and _covers(client.read_text(repo, MANIFEST_NAME, pr.ref), source_files, options):
             return PublishResult(UP_TO_DATE, repo, state.sha, f"not reopening: PR #{pr.num} with these exports was "
-                                                              f"closed without merging", pr_num=pr.num)
+                                                              f"closed without merging", pr_num=pr.num,
+                                 pr_url=client.discussion_url(repo, pr.num))
 
     if job.source_dir is not None:
         checkpoint = ckpt.open_checkpoint(job.source_dir, repo, state.sha)
@@ -124,7 +126,7 @@ def _publish_once(job: PublishJob, client: HubClient, work_dir: Path, say) -> Pu
                       revision=open_pr.ref, parent_commit=head, create_pr=False)
         client.comment(repo, open_pr.num, _update_comment(previous_manifest, source_files, state.sha))
         outcome.status, outcome.pr_num = UPDATED, open_pr.num
-        outcome.pr_url = f"{client.endpoint.rstrip('/')}/{repo}/discussions/{open_pr.num}"
+        outcome.pr_url = client.discussion_url(repo, open_pr.num)
         outcome.message = f"updated PR #{open_pr.num} with exports of {state.sha[:12]}"
         return outcome
     say(f"{repo}: opening a PR")

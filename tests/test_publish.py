@@ -74,6 +74,7 @@ def test_second_run_is_up_to_date_without_downloading_weights(hub, repo, tmp_pat
     before = weight_downloads(hub)
     result = run(hub, tmp_path / "again")
     assert result.status == pub.UP_TO_DATE and "PR #1" in result.message
+    assert result.pr_url == f"{hub.url}/{REPO}/discussions/1"
     assert weight_downloads(hub) == before
     assert len(hub.discussions(REPO)) == 1
 
