@@ -254,9 +254,14 @@ def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | 
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     # A stored head of another shape (e.g. 3 labels where multiple-choice needs 1) is re-initialised: random too.
-    model, info = auto_class(feature).from_pretrained(
-        checkpoint.path, trust_remote_code=False, local_files_only=True, use_safetensors=not checkpoint.uses_pickle,
-        output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    try:
+        model, info = auto_class(feature).from_pretrained(
+            checkpoint.path, trust_remote_code=False, local_files_only=True,
+            use_safetensors=not checkpoint.uses_pickle, output_loading_info=True, ignore_mismatched_sizes=True,
+            **kwargs)
+    except Exception as exc:  # a corrupt file, or a pickle that weights_only loading refuses
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UsageError(f"the weights in {checkpoint.path} could not be loaded for {feature}: {first}") from exc
     mismatched = {entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys", ())}
     return model.eval(), sorted(set(info["missing_keys"]) | mismatched)
 

@@ -65,6 +65,29 @@ def test_pickle_weights_need_explicit_permission_and_load_weights_only(tiny_copy
     assert checkpoint.uses_pickle and ckpt.load_for_feature(checkpoint, "default").missing == []
 
 
+class Payload:
+    """A pickle that would run a command when loaded without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_is_not_executed_even_when_pickle_is_allowed(tiny_copy, tmp_path):
+    path = tiny_copy("bert")
+    (path / "model.safetensors").unlink()
+    marker = tmp_path / "pwned"
+    torch.save({"weight": Payload(marker)}, path / "pytorch_model.bin")
+    checkpoint = ckpt.open_checkpoint(path, "evil", allow_pickle=True)
+    with pytest.raises(UsageError, match="could not be loaded"):
+        ckpt.load_for_feature(checkpoint, "default")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "no config.json"), ("{not json", "unreadable config"), ('{"hidden_size": 3}', "no model_type"),
 ])
