@@ -146,15 +146,23 @@ def auto_class(feature: str):
     return getattr(transformers, FEATURES[feature].auto_class)
 
 
+def class_names(model_type: str, feature: str) -> set[str]:
+    """Names of the transformers classes for a model type and feature, read without importing any model code."""
+    from transformers.models.auto import modeling_auto
+
+    names = getattr(modeling_auto, FEATURES[feature].mapping).get(model_type) or ()
+    return {names} if isinstance(names, str) else set(names)
+
+
 def feature_available(config, feature: str) -> bool:
     """Whether transformers has a class for this config and feature."""
-    return type(config) in auto_class(feature)._model_mapping
+    return bool(class_names(config.model_type, feature))
 
 
 def own_feature(config, candidates: list[str]) -> str | None:
     """The feature whose model class is the checkpoint's own (`config.architectures[0]`), if any."""
     architectures = getattr(config, "architectures", None) or []
-    matching = [f for f in candidates if architectures and architectures[0] in _classes(config, f)]
+    matching = [f for f in candidates if architectures and architectures[0] in class_names(config.model_type, f)]
     # a class serving a feature and its -with-past twin: the twin is the richer export
     return next((f for f in matching if f.endswith("-with-past")), matching[0] if matching else None)
 
@@ -169,9 +177,10 @@ def plan_features(checkpoint: Checkpoint, requested: list[str] | None) -> Featur
 
     When `config.architectures` names a task head, only that head and the base model are candidates: another head
     that happens to load without new weights (token classification from a sequence classifier's `classifier`) would
-    reuse weights trained for another task. Otherwise every registered feature is a candidate. Whether a
-    candidate's weights are really stored is only known by loading it (transformers renames the keys of many
-    architectures while loading), so that check happens in `load_for_feature`, once per feature.
+    reuse weights trained for another task. When it names the base model, the checkpoint has no head at all. Only
+    when it names neither (e.g. BertForPreTraining) is every registered feature a candidate; whether a candidate's
+    weights are really stored is then known only by loading it (transformers renames the keys of many
+    architectures while loading), which `load_for_feature` does once per feature.
     """
     registered = [f for f in checkpoint.support.features if feature_available(checkpoint.config, f)]
     unsupported = [f for f in requested or [] if f not in registered]
@@ -183,21 +192,18 @@ def plan_features(checkpoint: Checkpoint, requested: list[str] | None) -> Featur
     own = own_feature(checkpoint.config, registered)
     skipped = {}
     candidates = registered
-    if own is not None and not own.startswith("default"):
+    if own is not None:
         head = checkpoint.config.architectures[0]
-        candidates = [f for f in registered if f.startswith("default") or _classes(checkpoint.config, f) >= {head}]
-        skipped = {f: f"the checkpoint's head is {head}; this head would reuse weights trained for another task"
-                   for f in registered if f not in candidates}
+        candidates = [f for f in registered
+                      if f.startswith("default") or head in class_names(checkpoint.config.model_type, f)]
+        reason = (f"the checkpoint is a base model ({head}) without task head weights" if own.startswith("default")
+                  else f"the checkpoint's head is {head}; this head would reuse weights trained for another task")
+        skipped = {f: reason for f in registered if f not in candidates}
     for feature in list(candidates):
         if f"{feature}-with-past" in candidates:  # its graph(s) also serve decoding without a cache
             candidates.remove(feature)
             skipped[feature] = f"covered by {feature}-with-past, which also runs without a cache"
     return FeaturePlan(primary_feature(checkpoint.config, candidates), candidates, skipped)
-
-
-def _classes(config, feature: str) -> set[str]:
-    classes = auto_class(feature)._model_mapping.get(type(config), None) or ()
-    return {c.__name__ for c in (classes if isinstance(classes, tuple) else (classes,))}
 
 
 @dataclass

@@ -70,19 +70,6 @@ def load_entry_points() -> list[ModelSupport]:
     return registered
 
 
-# Feature -> the auto mapping whose model types have a class for it.
-_MAPPINGS = {
-    "default": "MODEL_MAPPING_NAMES", "masked-lm": "MODEL_FOR_MASKED_LM_MAPPING_NAMES",
-    "causal-lm": "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", "seq2seq-lm": "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
-    "sequence-classification": "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
-    "token-classification": "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
-    "question-answering": "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES",
-    "multiple-choice": "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES",
-    "image-classification": "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES",
-    "masked-im": "MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING_NAMES",
-}
-
-
 def generic_family(model_type: str, config=None) -> str | None:
     """The export family a model type most likely belongs to, from transformers' auto mappings."""
     from transformers import AutoConfig
@@ -95,7 +82,7 @@ def generic_family(model_type: str, config=None) -> str | None:
             return None  # transformers does not know this model type
 
     def has(feature):
-        return model_type in getattr(auto, _MAPPINGS[feature])
+        return model_type in getattr(auto, FEATURES[feature].mapping)
 
     if has("seq2seq-lm"):
         return "seq2seq"
@@ -115,7 +102,7 @@ def generic_support(model_type: str, config=None) -> ModelSupport | None:
     family = generic_family(model_type, config)
     if family is None:
         return None
-    features = [f for f, mapping in _MAPPINGS.items() if model_type in getattr(auto, mapping)]
+    features = [f for f, spec in FEATURES.items() if not spec.with_past and model_type in getattr(auto, spec.mapping)]
     if family in ("decoder", "seq2seq"):
         features += [f"{f}-with-past" for f in ("default", "causal-lm", "seq2seq-lm") if f in features]
     if family == "seq2seq":

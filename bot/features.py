@@ -17,6 +17,7 @@ class Feature:
 
     name: str
     auto_class: str
+    mapping: str  # the transformers MODEL_*_MAPPING_NAMES dict: model type -> class name(s), importable for free
     synonyms: tuple[str, ...] = ()
 
     @property
@@ -27,19 +28,26 @@ class Feature:
 FEATURES: dict[str, Feature] = {
     f.name: f
     for f in [
-        Feature("default", "AutoModel", ("feature-extraction",)),
-        Feature("default-with-past", "AutoModel", ("feature-extraction-with-past",)),
-        Feature("masked-lm", "AutoModelForMaskedLM", ("fill-mask",)),
-        Feature("causal-lm", "AutoModelForCausalLM", ("text-generation",)),
-        Feature("causal-lm-with-past", "AutoModelForCausalLM", ("text-generation-with-past",)),
-        Feature("seq2seq-lm", "AutoModelForSeq2SeqLM", ("text2text-generation",)),
-        Feature("seq2seq-lm-with-past", "AutoModelForSeq2SeqLM", ("text2text-generation-with-past",)),
-        Feature("sequence-classification", "AutoModelForSequenceClassification", ("text-classification",)),
-        Feature("token-classification", "AutoModelForTokenClassification", ("ner",)),
-        Feature("question-answering", "AutoModelForQuestionAnswering", ()),
-        Feature("multiple-choice", "AutoModelForMultipleChoice", ()),
-        Feature("image-classification", "AutoModelForImageClassification", ()),
-        Feature("masked-im", "AutoModelForMaskedImageModeling", ("masked-image-modeling",)),
+        Feature("default", "AutoModel", "MODEL_MAPPING_NAMES", ("feature-extraction",)),
+        Feature("default-with-past", "AutoModel", "MODEL_MAPPING_NAMES", ("feature-extraction-with-past",)),
+        Feature("masked-lm", "AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", ("fill-mask",)),
+        Feature("causal-lm", "AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", ("text-generation",)),
+        Feature("causal-lm-with-past", "AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+                ("text-generation-with-past",)),
+        Feature("seq2seq-lm", "AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+                ("text2text-generation",)),
+        Feature("seq2seq-lm-with-past", "AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+                ("text2text-generation-with-past",)),
+        Feature("sequence-classification", "AutoModelForSequenceClassification",
+                "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES", ("text-classification",)),
+        Feature("token-classification", "AutoModelForTokenClassification",
+                "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES", ("ner",)),
+        Feature("question-answering", "AutoModelForQuestionAnswering", "MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES"),
+        Feature("multiple-choice", "AutoModelForMultipleChoice", "MODEL_FOR_MULTIPLE_CHOICE_MAPPING_NAMES"),
+        Feature("image-classification", "AutoModelForImageClassification",
+                "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
+        Feature("masked-im", "AutoModelForMaskedImageModeling", "MODEL_FOR_MASKED_IMAGE_MODELING_MAPPING_NAMES",
+                ("masked-image-modeling",)),
     ]
 }
 

@@ -109,9 +109,12 @@ def _summary(exc: Exception) -> str:
 
 def _finalize(written: Path, path: Path) -> None:
     """Move an exporter's output to `path` in the shipped layout: inline below 2 GB, one data file above."""
-    size = sum(f.stat().st_size for f in written.parent.iterdir() if f.is_file())
-    if size < PROTOBUF_LIMIT:
-        model = onnx.load(str(written))  # pulls any external data into the proto
+    files = [f for f in written.parent.iterdir() if f.is_file()]
+    size = sum(f.stat().st_size for f in files)
+    if size < PROTOBUF_LIMIT and files == [written]:
+        os.replace(written, path)  # already one self-contained file: no re-serialisation
+    elif size < PROTOBUF_LIMIT:
+        model = onnx.load(str(written))  # pulls the external data into the proto
         onnx.save_model(model, str(path))
     else:
         data_name = path.name + EXTERNAL_DATA_SUFFIX
