@@ -45,8 +45,8 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument("--atol", type=float, help="absolute tolerance for validation (default: per family, 1e-4)")
     parser.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
-                        help="ONNX exporter: auto tries dynamo, then dynamo with eager attention, then the "
-                             "TorchScript-based exporter (default auto)")
+                        help="ONNX exporter: auto tries the TorchScript-based exporter (fastest, measured), then "
+                             "dynamo, then dynamo with eager attention (default auto)")
     parser.add_argument("--allow-random-heads", action="store_true",
                         help="export an explicitly requested --feature even if its head weights are not stored")
     parser.add_argument("--allow-pickle", action="store_true",
