@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from bot import checkpoint as ckpt
@@ -203,7 +204,13 @@ def _check_generation(model, feature: str, fmt: str, graphs: list[Graph], stagin
     say(f"    {feature} -> {fmt}: greedy decoding with the artifacts vs generate()")
     callers = {a.component: named_caller(fmt, staging / a.path, a.inputs, a.outputs) for a in artifacts}
     past_inputs = {g.name: {i.name: i.dims for i in g.inputs if i.kind == "past"} for g in graphs}
-    check = check_generation(model.eval(), feature, lambda component, named: callers[component](named), past_inputs)
+    type_ids = {g.name: [i.name for i in g.inputs if i.kind == "type_ids"] for g in graphs}
+
+    def call(component, named):  # a decoding loop feeds ids, mask and past; token types are all 0 there
+        zeros = {name: np.zeros_like(named["input_ids"]) for name in type_ids[component]}
+        return callers[component]({**named, **zeros})
+
+    check = check_generation(model.eval(), feature, call, past_inputs)
     for artifact in artifacts:
         artifact.validation.generation = check.to_dict()
         if not check.passed:
