@@ -6,13 +6,17 @@ real checkpoint of that family would make primary, in both formats (TorchScript-
 record whether it validated. Each model type runs in its own process with a time limit. Writes
 docs/generic-coverage.json, which `hub-export-bot features --markdown` summarises.
 
-    python benchmarks/generic_coverage.py [--limit N] [--timeout SECONDS]
+    python benchmarks/generic_coverage.py [--limit N] [--timeout SECONDS] [--resume]
+
+Children are capped at 6 GB of address space (a default config that does not shrink can otherwise take the machine's
+memory); results are written after every model type, and --resume skips the ones already recorded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -58,6 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=0, help="try at most N model types (0: all)")
     parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--resume", action="store_true", help="keep recorded results and try only the others")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     import transformers
@@ -77,15 +82,18 @@ def main() -> int:
             continue
         if family:
             candidates.append((model_type, family))
+    out = ROOT / "docs" / "generic-coverage.json"
+    results = json.loads(out.read_text())["results"] if args.resume and out.is_file() else []
+    done = {r["model_type"] for r in results}
+    candidates = [c for c in candidates if c[0] not in done]
     if args.limit:
         candidates = candidates[: args.limit]
-    results = []
     for index, (model_type, family) in enumerate(candidates, 1):
         feature = PRIMARY[family]
         started = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-c", CHILD, model_type, feature, repr(SMALL)], cwd=ROOT,
-                                  capture_output=True, text=True, timeout=args.timeout)
+                                  capture_output=True, text=True, timeout=args.timeout, preexec_fn=_cap_memory)
             passed = proc.returncode == 0
             reason = "" if passed else ([l for l in proc.stdout.splitlines() if l.startswith("FAILED")] or
                                         proc.stderr.strip().splitlines()[-1:] or ["crashed"])[0]
@@ -95,12 +103,17 @@ def main() -> int:
                         "reason": reason.strip()[:300], "seconds": round(time.perf_counter() - started, 1)})
         print(f"[{index}/{len(candidates)}] {model_type:<28} {family:<12} {'ok' if passed else reason[:100]}",
               flush=True)
-    out = ROOT / "docs" / "generic-coverage.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"command": "python benchmarks/generic_coverage.py",
-                               "transformers": transformers.__version__, "results": results}, indent=1) + "\n")
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps({"command": "python benchmarks/generic_coverage.py",
+                                   "transformers": transformers.__version__, "candidates": len(done) + len(candidates),
+                                   "results": results}, indent=1) + "\n")
     print(f"{sum(r['passed'] for r in results)} of {len(results)} model types pass; wrote {out}")
     return 0
+
+
+def _cap_memory() -> None:
+    limit = 6 * 1024**3
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 if __name__ == "__main__":

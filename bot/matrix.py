@@ -32,9 +32,10 @@ def support_matrix(generic_results: Path = GENERIC_RESULTS) -> str:
     if generic_results.is_file():
         results = json.loads(generic_results.read_text(encoding="utf-8"))
         passed = [r for r in results["results"] if r["passed"]]
+        tried = len(results["results"])
         lines += [f"Model types outside the registry, exported with the spec of their inferred family "
-                  f"({results['command']}): **{len(passed)} of {len(results['results'])}** tried pass "
-                  f"(transformers {results['transformers']}).", "",
+                  f"({results['command']}): **{len(passed)} of {tried}** tried pass "
+                  f"({results.get('candidates', tried)} candidates; transformers {results['transformers']}).", "",
                   "| model_type | family | feature | result |", "|---|---|---|---|"]
         for r in results["results"]:
             lines.append(f"| `{r['model_type']}` | {r['family']} | {r['feature']} | "
