@@ -34,12 +34,7 @@ SECRET = "benchmark-secret"
 
 
 def server_command() -> list[str]:
-    sys.path.insert(0, str(REPO_ROOT))
-    from bot import cli
-
-    if "serve" in cli.COMMANDS:
-        return [sys.executable, "-m", "bot", "serve"]
-    return [sys.executable, "-m", "bot.server.serve"]
+    return [sys.executable, "-m", "bot", "serve"]
 
 
 def push(repo: str, sha: str) -> dict:

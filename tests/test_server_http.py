@@ -28,12 +28,7 @@ HUB = "http://hub.test"
 
 
 def server_command() -> list[str]:
-    """`python -m bot serve` once the CLI has the command, else the module's own entry point."""
-    from bot import cli
-
-    if "serve" in cli.COMMANDS:
-        return [sys.executable, "-m", "bot", "serve"]
-    return [sys.executable, "-m", "bot.server.serve"]
+    return [sys.executable, "-m", "bot", "serve"]
 
 
 def sha(n: int) -> str:

@@ -12,12 +12,11 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 from pathlib import Path
 from typing import Mapping
 
-from bot.errors import BotError, UsageError
+from bot.errors import UsageError
 
 log = logging.getLogger("bot.server")
 
@@ -190,21 +189,3 @@ def run_server(args: argparse.Namespace) -> int:
         return 1
     log.info("stopped%s", f" ({signal.Signals(received[-1]).name})" if received else "")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m bot.server.serve [options]`: the serve command without the CLI around it (tests, benchmarks)."""
-    parser = argparse.ArgumentParser(prog="python -m bot.server.serve")
-    parser.add_argument("--debug", action="store_true")
-    add_serve_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        return run_server(args)
-    except BotError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
