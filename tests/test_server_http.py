@@ -12,11 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.conftest import wait_for
 
 from bot.server.queue import DONE, FAILED, QUEUED, SKIPPED, JobQueue
 from tests.server_runners import FAILURE_HTML
@@ -44,13 +45,6 @@ def push(repo: str = "acme/model", new: str = sha(1), *, ref: str = "refs/heads/
             "webhook": {"id": "6529c0ffee", "version": 3}}
 
 
-def wait_for(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
 
 
 class ServerProcess:

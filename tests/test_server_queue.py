@@ -3,10 +3,11 @@
 import json
 import sqlite3
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from tests.conftest import wait_for
 
 from bot.errors import UsageError
 from bot.server.queue import DONE, FAILED, QUEUED, RUNNING, SKIPPED, SUPERSEDED, Enqueued, JobQueue
@@ -209,13 +210,6 @@ def test_exceptions_become_one_line_messages_with_the_traceback_kept_for_the_log
 
 # --- the worker pool, with real child processes ---------------------------------------------------------------------
 
-def wait_for(predicate, timeout=30.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
 
 
 @pytest.fixture
