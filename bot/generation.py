@@ -1,10 +1,12 @@
 """Generation parity: greedy decoding with the exported graphs alone must reproduce `model.generate()`.
 
 Output-by-output validation cannot see a cache wired wrongly between steps (a present returned in the wrong order,
-a decoder fed the wrong cross-attention cache); decoding a few tokens with nothing but the artifacts can. The loop
-here is what a user writes with onnxruntime: prompt once (past of length 0), then one token at a time feeding the
-previous presents back. The reference is `generate()` with plain greedy settings (no extra logits processors) and no
-end-of-sequence stop, so every check compares exactly NEW_TOKENS tokens, even for a model that would stop at once.
+a decoder fed the wrong cross-attention cache) nor positions shifted by padding; decoding a batch with nothing but
+the artifacts can. The loop here is what the clients (transformers.js, optimum) do: a batch of prompts of different
+lengths, left-padded for decoder-only models (right-padded encoder inputs for encoder-decoders), position ids from
+the attention mask where the graph takes them, the prompt once with a past of length 0, then one token at a time
+feeding the previous presents back. The reference is `generate()` on the same padded batch with plain greedy
+settings (no extra logits processors) and no end-of-sequence stop, so every row compares exactly NEW_TOKENS tokens.
 """
 
 from __future__ import annotations
@@ -15,111 +17,163 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bot.layout import DECODER, DECODER_WITH_PAST, ENCODER, MERGED_DECODER, MODEL, USE_CACHE_BRANCH
+
 GENERATION_FEATURES = {"causal-lm", "causal-lm-with-past", "seq2seq-lm", "seq2seq-lm-with-past"}
 NEW_TOKENS = 8
+PROMPT_LENGTHS = (6, 4, 2)  # one batch: rows of different lengths, so all but the longest are padded
 
-# component name -> named inputs -> named outputs
+# component name, named inputs -> named outputs
 Call = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+# component name -> {input name: dims (axis names or sizes)}
+GraphInputs = dict[str, dict[str, tuple]]
 
 
 @dataclass
 class GenerationCheck:
-    prompt: list[int]
-    expected: list[int]
-    actual: list[int]
+    prompts: list[list[int]]  # each row without its padding
+    expected: list[list[int]]
+    actual: list[list[int]]
     error: str | None = None
+    padding: str = "left"  # which side the prompts were padded on
 
     @property
     def passed(self) -> bool:
         return self.error is None and self.expected == self.actual
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "prompt": self.prompt, "expected": self.expected, "actual": self.actual,
-                "error": self.error}
+        return {"passed": self.passed, "prompts": self.prompts, "padding": self.padding, "expected": self.expected,
+                "actual": self.actual, "error": self.error}
 
 
-def _prompt(config, length: int = 6) -> torch.Tensor:
+def pad_token_id(config) -> int:
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(config, name, None)
+        value = value[0] if isinstance(value, (list, tuple)) and value else value
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def padded_prompts(config, side: str) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """A batch of random prompts of PROMPT_LENGTHS, padded on `side`: (ids, mask, rows without padding)."""
     generator = torch.Generator().manual_seed(1234)
-    return torch.randint(min(5, config.vocab_size - 1), config.vocab_size, (1, length), generator=generator)
+    low = min(5, config.vocab_size - 1)
+    rows = [torch.randint(low, config.vocab_size, (n,), generator=generator).tolist() for n in PROMPT_LENGTHS]
+    width, pad = max(PROMPT_LENGTHS), pad_token_id(config)
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span], mask[i, span] = row, 1
+    return ids, mask, rows
 
 
-def _reference(model, prompt: torch.Tensor) -> list[int]:
+def positions(mask: np.ndarray, new_tokens: int) -> np.ndarray:
+    """What the clients feed as position_ids: cumsum(mask) - 1, padding at 1, the last `new_tokens` columns."""
+    result = np.cumsum(mask, axis=-1) - 1
+    result[mask == 0] = 1
+    return result[:, -new_tokens:].astype(np.int64)
+
+
+def _reference(model, ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
     """generate() as plain greedy decoding: the model's own generation defaults (forced BOS/EOS tokens, n-gram
     blocking, an EOS stop) are swapped out for the call, since the exported graphs only compute logits."""
     from transformers import GenerationConfig
 
     config = model.config
     start = getattr(config, "decoder_start_token_id", None)
-    plain = dict(pad_token_id=getattr(config, "pad_token_id", None) or 0, decoder_start_token_id=start)
+    plain = dict(pad_token_id=pad_token_id(config), decoder_start_token_id=start)
     saved, model.generation_config = model.generation_config, GenerationConfig(**plain)
     try:
         with torch.no_grad():
-            out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), generation_config=
-                                 GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1, **plain))
+            out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                 generation_config=GenerationConfig(max_new_tokens=NEW_TOKENS, do_sample=False,
+                                                                    num_beams=1, **plain))
     finally:
         model.generation_config = saved
-    tokens = out[0].tolist()
-    return tokens[1:] if config.is_encoder_decoder else tokens[prompt.shape[1]:]
+    skip = 1 if config.is_encoder_decoder else ids.shape[1]
+    return [row[skip:] for row in out.tolist()]
 
 
-def check_generation(model, feature: str, call: Call, past_inputs: dict[str, dict[str, tuple]]) -> GenerationCheck:
-    """Decode up to NEW_TOKENS greedily with `call` and compare with generate().
-
-    `past_inputs[component]` maps the component's past inputs, in order, to their dims (batch, heads, axis, size).
-    """
-    prompt = _prompt(model.config)
-    expected = _reference(model, prompt)
+def check_generation(model, feature: str, call: Call, graph_inputs: GraphInputs) -> GenerationCheck:
+    """Decode NEW_TOKENS greedily for a padded batch with `call` and compare every row with generate()."""
+    seq2seq = bool(model.config.is_encoder_decoder and feature.startswith("seq2seq"))
+    side = "right" if seq2seq else "left"
+    ids, mask, rows = padded_prompts(model.config, side)
+    expected = _reference(model, ids, mask)
     try:
-        if model.config.is_encoder_decoder and feature.startswith("seq2seq"):
-            actual = _seq2seq(model.config, prompt, call, past_inputs, len(expected))
-        else:
-            actual = _causal(model.config, prompt, call, past_inputs.get("model", {}), len(expected))
+        decode = _seq2seq if seq2seq else _causal
+        actual = decode(model.config, ids, mask, call, graph_inputs, NEW_TOKENS)
     except Exception as exc:  # the artifacts could not decode: a failed check, not a crash
-        return GenerationCheck(prompt[0].tolist(), expected, [], f"{type(exc).__name__}: {str(exc)[:300]}")
-    return GenerationCheck(prompt[0].tolist(), expected, actual)
+        return GenerationCheck(rows, expected, [], f"{type(exc).__name__}: {str(exc)[:300]}", side)
+    return GenerationCheck(rows, expected, actual, padding=side)
 
 
-def _causal(config, prompt: torch.Tensor, call: Call, past_inputs: dict[str, tuple], steps: int) -> list[int]:
-    ids = prompt.numpy()
-    feed = ids
-    # the prompt goes in with a past of length 0
-    past = {name: np.zeros((1, dims[1], 0, dims[3]), dtype=np.float32) for name, dims in past_inputs.items()}
-    tokens: list[int] = []
+def _empty_past(names: dict[str, tuple], batch: int) -> dict[str, np.ndarray]:
+    """A past of length 0, as the clients build it from the graph's input metadata."""
+    return {name: np.zeros((batch, dims[1], 0, dims[3]), dtype=np.float32) for name, dims in names.items()}
+
+
+def _past_names(inputs: dict[str, tuple]) -> dict[str, tuple]:
+    return {name: dims for name, dims in inputs.items() if name.startswith("past_key_values.")}
+
+
+def _argmax(outputs: dict[str, np.ndarray]) -> np.ndarray:
+    return np.argmax(next(iter(outputs.values()))[:, -1], axis=-1).astype(np.int64)
+
+
+def _causal(config, ids: np.ndarray, mask: np.ndarray, call: Call, graph_inputs: GraphInputs,
+            steps: int) -> list[list[int]]:
+    inputs = graph_inputs[MODEL]
+    past_names = _past_names(inputs)
+    past = _empty_past(past_names, ids.shape[0])
+    feed, tokens = ids, []
     for _ in range(steps):
-        outputs = call("model", {"input_ids": feed, "attention_mask": np.ones((1, ids.shape[1]), dtype=np.int64),
-                                 **past})
-        token = int(np.argmax(outputs[next(iter(outputs))][0, -1]))
+        named = {"input_ids": feed, "attention_mask": mask, **past}
+        if "position_ids" in inputs:
+            named["position_ids"] = positions(mask, feed.shape[1])
+        outputs = call(MODEL, named)
+        token = _argmax(outputs)
         tokens.append(token)
-        ids = np.concatenate([ids, [[token]]], axis=1)
-        if past_inputs:  # feed back the presents and only the new token
-            past = {name: outputs[name.replace("past_key_values.", "present.")] for name in past_inputs}
-            feed = np.array([[token]], dtype=np.int64)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), np.int64)], axis=1)
+        ids = np.concatenate([ids, token[:, None]], axis=1)
+        if past_names:  # feed back the presents and only the new token
+            past = {name: outputs[name.replace("past_key_values.", "present.")] for name in past_names}
+            feed = token[:, None]
         else:  # no cache: the whole sequence every step
             feed = ids
-    return tokens
+    return np.stack(tokens, axis=1).tolist()
 
 
-def _seq2seq(config, prompt: torch.Tensor, call: Call, past_inputs: dict[str, dict[str, tuple]],
-             steps: int) -> list[int]:
-    mask = np.ones(prompt.shape, dtype=np.int64)
-    hidden = call("encoder_model", {"input_ids": prompt.numpy(), "attention_mask": mask})["last_hidden_state"]
+def _seq2seq(config, ids: np.ndarray, mask: np.ndarray, call: Call, graph_inputs: GraphInputs,
+             steps: int) -> list[list[int]]:
+    hidden = call(ENCODER, {"input_ids": ids, "attention_mask": mask})["last_hidden_state"]
     start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
-    decoded = np.array([[start]], dtype=np.int64)
-    with_past = "decoder_with_past_model" in past_inputs
-    tokens: list[int] = []
+    batch = ids.shape[0]
+    decoded = np.full((batch, 1), start, dtype=np.int64)
+    base = {"encoder_attention_mask": mask, "encoder_hidden_states": hidden}
+    merged = MERGED_DECODER in graph_inputs
+    cached = merged or DECODER_WITH_PAST in graph_inputs
+    past_names = _past_names(graph_inputs[MERGED_DECODER if merged else DECODER_WITH_PAST] if cached else {})
     past: dict[str, np.ndarray] = {}
+    tokens = []
     for step in range(steps):
-        base = {"encoder_attention_mask": mask, "encoder_hidden_states": hidden}
-        if with_past and step > 0:
-            outputs = call("decoder_with_past_model", {"input_ids": decoded[:, -1:], **base, **past})
+        if merged:
+            first = step == 0
+            feed = decoded if first else decoded[:, -1:]
+            outputs = call(MERGED_DECODER, {"input_ids": feed, **base, **(_empty_past(past_names, batch) if first
+                                                                           else past),
+                                            USE_CACHE_BRANCH: np.array([not first])})
+        elif cached and step > 0:
+            outputs = call(DECODER_WITH_PAST, {"input_ids": decoded[:, -1:], **base, **past})
         else:
-            outputs = call("decoder_model", {"input_ids": decoded, **base})
-        token = int(np.argmax(outputs[next(iter(outputs))][0, -1]))
+            outputs = call(DECODER, {"input_ids": decoded, **base})
+        token = _argmax(outputs)
         tokens.append(token)
-        decoded = np.concatenate([decoded, [[token]]], axis=1)
-        if with_past:
-            for name in past_inputs["decoder_with_past_model"]:
-                present = name.replace("past_key_values.", "present.")
-                if present in outputs:  # decoder presents change every step; encoder ones come from step 0
-                    past[name] = outputs[present]
-    return tokens
+        decoded = np.concatenate([decoded, token[:, None]], axis=1)
+        for name in past_names:
+            is_encoder = ".encoder." in name
+            if step == 0 or not is_encoder:  # cross-attention presents come from the first step only
+                past[name] = outputs[name.replace("past_key_values.", "present.")]
+    return np.stack(tokens, axis=1).tolist()

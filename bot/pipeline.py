@@ -22,19 +22,19 @@ import torch
 
 from bot import checkpoint as ckpt
 from bot.errors import BotError, UsageError
-from bot.export.onnx import artifact_files, export_onnx
+from bot import layout
+from bot.export.onnx import artifact_files, export_onnx, move_onnx
 from bot.export.torchscript import export_torchscript
+from bot.generation import GENERATION_FEATURES, check_generation
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
 from bot.specs import Graph, spec_for
-from bot.generation import GENERATION_FEATURES, check_generation
-from bot.validate import (ValidationReport, named_caller, onnx_runner, reference_cases, torchscript_runner,
-                          validate)
+from bot.validate import (DEFAULT_RTOL, ValidationCase, ValidationReport, named_caller, onnx_runner,
+                          reference_cases, torchscript_runner, validate)
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-_SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 
 
 @dataclass
@@ -44,7 +44,8 @@ class Artifact:
     path: str  # relative to the output directory, posix
     format: str
     feature: str
-    component: str  # the graph: "model", or "encoder_model" / "decoder_model" / "decoder_with_past_model"
+    component: str  # the graph: "model", or "encoder_model" / "decoder_model_merged" (ONNX) / "decoder_model" and
+    # "decoder_with_past_model" (TorchScript); names in bot.layout
     inputs: list[str]
     outputs: list[str]
     dynamic_axes: dict[str, dict[int, str]]
@@ -54,6 +55,7 @@ class Artifact:
     validation: ValidationReport
     seconds: float
     random_head: bool = False
+    input_dims: dict[str, tuple] = field(default_factory=dict)  # input -> dims (axis names or fixed sizes)
 
     @property
     def size(self) -> int:
@@ -131,7 +133,7 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
             raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "
                              + "; ".join(f"{f}: {r}" for f, r in result.skipped.items()))
         exported = {a.feature for a in result.artifacts}
-        if result.primary not in exported and exported:
+        if result.primary in result.skipped and exported:  # a failed primary keeps its place: no stand-in
             result.primary = next(f for f in plan.features if f in exported)
         for artifact in result.artifacts:
             _place(artifact, staging, job.output_dir, result.primary)
@@ -146,16 +148,16 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
 
 
 def _place(artifact: Artifact, staging: Path, output_dir: Path, primary: str) -> None:
-    """Move a validated artifact from staging to its place in the published layout."""
-    folder = artifact.format if artifact.feature == primary else f"{artifact.format}/{artifact.feature}"
-    placed = {}
-    for relative, digest in artifact.files.items():
-        target = f"{folder}/{Path(relative).name}"
-        (output_dir / folder).mkdir(parents=True, exist_ok=True)
-        os.replace(staging / relative, output_dir / target)
-        placed[target] = digest
-    artifact.path = f"{folder}/{Path(artifact.path).name}"
-    artifact.files = placed
+    """Move a validated artifact from staging to its file name in the published layout (bot.layout)."""
+    target = layout.artifact_path(artifact.format, artifact.feature, artifact.component, primary)
+    (output_dir / target).parent.mkdir(parents=True, exist_ok=True)
+    if artifact.format == "onnx":
+        moved = move_onnx(staging / artifact.path, output_dir / target)
+    else:
+        os.replace(staging / artifact.path, output_dir / target)
+        moved = [output_dir / target]
+    artifact.path = target
+    artifact.files = {f.relative_to(output_dir).as_posix(): _file_digest(f) for f in moved}
 
 
 def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path, result: ExportResult,
@@ -172,10 +174,13 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
         return
     spec = spec_for(checkpoint.support.family, feature)
     graphs = spec.graphs(loaded.model, feature, tokenizer)
-    atol = options.atol or spec.atol
+    tolerance = (options.atol or spec.atol, DEFAULT_RTOL if options.rtol is None else options.rtol)
     result.timings[f"{feature}/load"] = time.perf_counter() - started
+    graphs_by_name = {g.name: g for g in graphs}
+    cases_by_graph: dict[str, list[ValidationCase]] = {}
+    produced: list[Artifact] = []
     for graph in graphs:
-        cases = reference_cases(graph.wrapper, graph.cases)
+        cases = cases_by_graph[graph.name] = reference_cases(graph.wrapper, graph.cases)
         axes = _dynamic_axes(graph, cases)
 
         def wrapper_for(attention: str | None, name=graph.name):
@@ -185,46 +190,127 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
             rebuilt = {g.name: g for g in spec.graphs(reloaded, feature, tokenizer)}
             return rebuilt[name].wrapper.eval()
 
-        graphs_by_name = {g.name: g for g in graphs}
         # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
         for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
-            _export_graph(graph, fmt, feature, axes, cases, wrapper_for, atol, options, staging, result, say,
-                          random_head)
-    # Parity is checked where generate() runs the same computation as the graphs: decoder-only and encoder-decoder
-    # families. An encoder's LM head (RoBERTa's causal-lm) gets position ids from generate() that its plain forward
-    # computes differently, so there only the output checks apply.
-    if feature in GENERATION_FEATURES and checkpoint.support.family in ("decoder", "seq2seq"):
-        for fmt in options.formats:
-            _check_generation(loaded.model, feature, fmt, graphs, staging, result, say)
+            artifact = _export_graph(graph, fmt, feature, axes, cases, wrapper_for, tolerance, options, staging,
+                                     result, say, random_head)
+            if artifact is not None:
+                produced.append(artifact)
+    for fmt in options.formats:
+        artifacts = [a for a in produced if a.format == fmt]
+        if len(artifacts) < len(graphs):
+            _withdraw(artifacts, result, "not published: another graph of this feature failed, and clients need "
+                                         "all of them")
+            continue
+        if fmt == "onnx" and {a.component for a in artifacts} >= {layout.DECODER, layout.DECODER_WITH_PAST}:
+            artifacts = _merge_decoders(artifacts, cases_by_graph, feature, tolerance, staging, result, say)
+            if artifacts is None:
+                continue
+        # Parity is checked where generate() runs the same computation as the graphs: decoder-only and
+        # encoder-decoder families. An encoder's LM head (RoBERTa's causal-lm) gets position ids from generate()
+        # that its plain forward computes differently, so there only the output checks apply.
+        if feature in GENERATION_FEATURES and checkpoint.support.family in ("decoder", "seq2seq"):
+            if not _check_generation(loaded.model, feature, fmt, artifacts, staging, say):
+                _withdraw(artifacts, result, "greedy decoding with the artifacts differs from generate()")
+                continue
+        result.artifacts.extend(artifacts)
 
 
-def _check_generation(model, feature: str, fmt: str, graphs: list[Graph], staging: Path, result: ExportResult,
-                      say: Progress) -> None:
-    """Decode with the feature's validated graphs of one format; on a mismatch they all become failures."""
-    artifacts = [a for a in result.artifacts if a.feature == feature and a.format == fmt]
-    if len(artifacts) != len(graphs):
-        return  # a graph already failed: the feature is incomplete in this format
-    say(f"    {feature} -> {fmt}: greedy decoding with the artifacts vs generate()")
+def _withdraw(artifacts: list[Artifact], result: ExportResult, reason: str) -> None:
+    """Validated graphs that cannot be published after all: they become failures, with their reports."""
+    for artifact in artifacts:
+        result.failures.append(Failure(artifact.feature, artifact.format, reason, artifact.validation,
+                                       component=artifact.component))
+
+
+def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[ValidationCase]], feature: str,
+                    tolerance: tuple[float, float], staging: Path, result: ExportResult,
+                    say: Progress) -> list[Artifact] | None:
+    """Replace the validated ONNX decoder pair by the one merged graph clients load, validated on both pairs' cases.
+
+    transformers.js loads only `decoder_model_merged.onnx` for encoder-decoder models; optimum prefers it. The split
+    files are not published: the merged graph stores the weights once and serves both decoding steps.
+    """
+    from bot.export.merge import merge_decoders
+
+    by_component = {a.component: a for a in artifacts}
+    first, cached = by_component[layout.DECODER], by_component[layout.DECODER_WITH_PAST]
+    step = time.perf_counter()
+    relative = f"onnx/{feature}/{layout.MERGED_DECODER}.onnx"
+    say(f"    {feature}/{layout.MERGED_DECODER} -> onnx: merging the two decoders")
+    try:
+        merge_decoders(staging / first.path, staging / cached.path, staging / relative)
+        runner = onnx_runner(staging / relative)
+    except Exception as exc:  # a merge failure withdraws the pair: clients cannot use split decoders alone
+        message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
+        _withdraw(artifacts, result, f"merging the decoders failed: {message}")
+        return None
+    inputs = cached.inputs + [layout.USE_CACHE_BRANCH]
+    cases = _merged_cases(first, cases_by_graph[layout.DECODER], cached, cases_by_graph[layout.DECODER_WITH_PAST])
+    say(f"    {feature}/{layout.MERGED_DECODER} -> onnx: validating on {len(cases)} input shapes")
+    report = validate("onnx", runner, first.outputs, cases, *tolerance)
+    del runner
+    if not report.passed:
+        result.failures.append(Failure(feature, "onnx", "validation failed", report, component=layout.MERGED_DECODER))
+        _withdraw([first, cached], result, "not published: the merged decoder built from it failed")
+        return None
+    axes = {**first.dynamic_axes, **cached.dynamic_axes, layout.USE_CACHE_BRANCH: {}}
+    merged = Artifact(
+        path=relative, format="onnx", feature=feature, component=layout.MERGED_DECODER, inputs=inputs,
+        outputs=first.outputs, dynamic_axes={**axes, **{o: first.dynamic_axes.get(o, {}) for o in first.outputs}},
+        opset=first.opset, exporter=first.exporter,
+        files={f.relative_to(staging).as_posix(): _file_digest(f) for f in artifact_files(staging / relative)},
+        validation=report, seconds=first.seconds + cached.seconds + time.perf_counter() - step,
+        random_head=first.random_head,
+        input_dims={**first.input_dims, **cached.input_dims, layout.USE_CACHE_BRANCH: (1,)})
+    result.timings[f"{feature}/{layout.MERGED_DECODER}/onnx"] = time.perf_counter() - step
+    return [a for a in artifacts if a not in (first, cached)] + [merged]
+
+
+def _merged_cases(first: Artifact, first_cases: list[ValidationCase], cached: Artifact,
+                  cached_cases: list[ValidationCase]) -> list[ValidationCase]:
+    """Both decoders' reference cases in the merged graph's terms: the first step gets an empty past and
+    use_cache_branch False; a cached step gets use_cache_branch True and returns its cross-attention past as is."""
+    past = [name for name in cached.inputs if name.startswith("past_key_values.")]
+    cases = []
+    for case in first_cases:
+        batch = case.inputs["input_ids"].shape[0]
+        empty = {}
+        for name in past:
+            like = cached_cases[0].inputs[name]
+            empty[name] = torch.zeros((batch, like.shape[1], 0, like.shape[3]), dtype=like.dtype)
+        inputs = {**case.inputs, **empty, layout.USE_CACHE_BRANCH: torch.tensor([False])}
+        cases.append(ValidationCase(case.shape + " (first step)", inputs, case.expected))
+    for case in cached_cases:
+        produced = dict(zip(cached.outputs, case.expected))
+        expected = [produced[name] if name in produced else case.inputs[name.replace("present.", "past_key_values.")]
+                    for name in first.outputs]
+        inputs = {**case.inputs, layout.USE_CACHE_BRANCH: torch.tensor([True])}
+        cases.append(ValidationCase(case.shape, inputs, expected))
+    return cases
+
+
+def _check_generation(model, feature: str, fmt: str, artifacts: list[Artifact], staging: Path,
+                      say: Progress) -> bool:
+    """Decode a padded batch with the feature's validated graphs of one format; the check goes to each report."""
+    say(f"    {feature} -> {fmt}: greedy decoding of a padded batch with the artifacts vs generate()")
     callers = {a.component: named_caller(fmt, staging / a.path, a.inputs, a.outputs) for a in artifacts}
-    past_inputs = {g.name: {i.name: i.dims for i in g.inputs if i.kind == "past"} for g in graphs}
-    type_ids = {g.name: [i.name for i in g.inputs if i.kind == "type_ids"] for g in graphs}
+    graph_inputs = {a.component: a.input_dims for a in artifacts}
+    type_ids = {a.component: [n for n in a.inputs if n.endswith("token_type_ids")] for a in artifacts}
 
     def call(component, named):  # a decoding loop feeds ids, mask and past; token types are all 0 there
         zeros = {name: np.zeros_like(named["input_ids"]) for name in type_ids[component]}
         return callers[component]({**named, **zeros})
 
-    check = check_generation(model.eval(), feature, call, past_inputs)
+    check = check_generation(model.eval(), feature, call, graph_inputs)
     for artifact in artifacts:
         artifact.validation.generation = check.to_dict()
-        if not check.passed:
-            result.artifacts.remove(artifact)
-            result.failures.append(Failure(feature, fmt, "greedy decoding with the artifacts differs from "
-                                           "generate()", artifact.validation, component=artifact.component))
+    return check.passed
 
 
-def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for, atol: float, options,
-                  staging: Path, result: ExportResult, say: Progress, random_head: bool) -> None:
-    relative = f"{fmt}/{feature}/{graph.name}{_SUFFIXES[fmt]}"
+def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for, tolerance: tuple[float, float],
+                  options, staging: Path, result: ExportResult, say: Progress, random_head: bool) -> Artifact | None:
+    relative = f"{fmt}/{feature}/{graph.name}{layout.SUFFIXES[fmt]}"
     path = staging / relative
     path.parent.mkdir(parents=True, exist_ok=True)
     step = time.perf_counter()
@@ -242,21 +328,22 @@ def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for
     except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
         message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
         result.failures.append(Failure(feature, fmt, message, component=graph.name))
-        return
+        return None
     say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
-    report = validate(fmt, runner, graph.output_names, cases, atol)
+    report = validate(fmt, runner, graph.output_names, cases, *tolerance)
     del runner
     seconds = time.perf_counter() - step
     result.timings[f"{label}/{fmt}"] = seconds
     if not report.passed:
         result.failures.append(Failure(feature, fmt, "validation failed", report, component=graph.name))
-        return
+        return None
     files = artifact_files(path) if fmt == "onnx" else [path]
-    result.artifacts.append(Artifact(
+    return Artifact(
         path=relative, format=fmt, feature=feature, component=graph.name, inputs=[i.name for i in graph.inputs],
         outputs=graph.output_names, dynamic_axes=axes, opset=options.opset if fmt == "onnx" else None,
         exporter=exporter, files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
-        validation=report, seconds=seconds, random_head=random_head))
+        validation=report, seconds=seconds, random_head=random_head,
+        input_dims={i.name: i.dims for i in graph.inputs})
 
 
 def _dynamic_axes(graph: Graph, cases) -> dict[str, dict[int, str]]:

@@ -135,5 +135,5 @@ def test_several_features_use_the_layout_of_the_primary(tiny, tmp_path, capsys):
     paths = {(a["feature"], a["format"]): a["path"] for a in manifest["artifacts"]}
     assert paths == {("sequence-classification", "onnx"): "onnx/model.onnx",
                      ("sequence-classification", "torchscript"): "torchscript/model.pt",
-                     ("default", "onnx"): "onnx/default/model.onnx",
-                     ("default", "torchscript"): "torchscript/default/model.pt"}
+                     ("default", "onnx"): "onnx/model_default.onnx",
+                     ("default", "torchscript"): "torchscript/model_default.pt"}

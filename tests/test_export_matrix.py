@@ -67,4 +67,4 @@ def test_primary_feature_onnx_export_with_dynamo(tiny, tmp_path, model_type):
         graph = onnx.load(str(path)).graph
         assert [i.name for i in graph.input] == artifact.inputs
         assert [o.name for o in graph.output] == artifact.outputs
-        assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch_size"

@@ -1,13 +1,16 @@
-"""Generation parity: decoding with the exported artifacts alone reproduces generate() (GPT-2 and T5)."""
+"""Generation parity: decoding a padded batch with the exported artifacts alone reproduces generate()."""
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from bot.checkpoint import load_model, open_checkpoint
-from bot.generation import NEW_TOKENS, check_generation
+from bot.generation import NEW_TOKENS, PROMPT_LENGTHS, check_generation
 from bot.job import Job, make_options
 from bot.pipeline import run_export
+from bot.specs.decoder import WithPast
 from tests.tiny import build_checkpoint
 
 
@@ -16,45 +19,66 @@ def lively(tmp_path_factory):
     """Checkpoints with wide weights, so greedy decoding yields varied tokens rather than one repeated token."""
     root = tmp_path_factory.mktemp("lively")
     return {key: build_checkpoint(root / "-".join(key), *key, lively=True)
-            for key in [("gpt2", "causal-lm"), ("t5", "seq2seq-lm")]}
+            for key in [("gpt2", "causal-lm"), ("t5", "seq2seq-lm"), ("bart", "seq2seq-lm")]}
 
 
-@pytest.mark.parametrize("model_type, feature, graphs", [
-    ("gpt2", "causal-lm-with-past", 1), ("gpt2", "causal-lm", 1), ("t5", "seq2seq-lm-with-past", 3),
+@pytest.mark.parametrize("model_type, feature, components", [
+    ("gpt2", "causal-lm-with-past", {"onnx": {"model"}, "torchscript": {"model"}}),
+    ("gpt2", "causal-lm", {"onnx": {"model"}, "torchscript": {"model"}}),
+    ("t5", "seq2seq-lm-with-past", {"onnx": {"encoder_model", "decoder_model_merged"},
+                                    "torchscript": {"encoder_model", "decoder_model", "decoder_with_past_model"}}),
+    ("bart", "seq2seq-lm-with-past", {"onnx": {"encoder_model", "decoder_model_merged"},
+                                      "torchscript": {"encoder_model", "decoder_model", "decoder_with_past_model"}}),
 ])
-def test_greedy_decoding_with_the_artifacts_matches_generate(lively, tmp_path, model_type, feature, graphs):
+def test_greedy_decoding_of_a_padded_batch_with_the_artifacts_matches_generate(lively, tmp_path, model_type,
+                                                                                feature, components):
     path = lively[(model_type, feature.replace("-with-past", ""))]
     result = run_export(Job(model=str(path), output_dir=tmp_path, options=make_options([feature])))
     assert result.ok, [(f.component, f.format, f.error) for f in result.failures]
-    assert len(result.artifacts) == 2 * graphs
     manifest = json.loads((tmp_path / "export_manifest.json").read_text())
+    for fmt, expected in components.items():
+        assert {a["component"] for a in manifest["artifacts"] if a["format"] == fmt} == expected
     for artifact in manifest["artifacts"]:
         generation = artifact["validation"]["generation"]
         assert generation["passed"] and generation["actual"] == generation["expected"]
-        assert len(generation["expected"]) == NEW_TOKENS and len(set(generation["expected"])) > 1
+        assert [len(p) for p in generation["prompts"]] == list(PROMPT_LENGTHS)
+        assert all(len(row) == NEW_TOKENS for row in generation["expected"])
+        assert len({t for row in generation["expected"] for t in row}) > 1
 
 
-def test_a_miswired_cache_fails_the_check(lively):
-    """Presents fed back under each other's names: every output check would pass, decoding does not."""
-    checkpoint = open_checkpoint(lively[("gpt2", "causal-lm")], "tiny")
-    model, _ = load_model(checkpoint, "causal-lm")
-    import torch
-
-    from bot.specs.decoder import WithPast
-
-    wrapper = WithPast(model, ["logits"]).eval()
-    layers = model.config.n_layer
-    names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+def _gpt2_call(model, position_ids: bool, swap_layers: bool = False):
+    """The with-past graph as a function, optionally without position ids or with its cache miswired."""
+    names = [f"past_key_values.{i}.{kv}" for i in range(model.config.n_layer) for kv in ("key", "value")]
+    inputs = ["input_ids", "attention_mask"] + (["position_ids"] if position_ids else [])
+    wrapper = WithPast(model, inputs, ["logits"]).eval()
 
     def call(component, named):
         past = [torch.from_numpy(named[n]) for n in names]
-        past = past[2:] + past[:2]  # layer 0's cache handed to layer 1 and back
+        if swap_layers:
+            past = past[2:] + past[:2]  # layer 0's cache handed to layer 1 and back
         with torch.no_grad():
-            out = wrapper(torch.from_numpy(named["input_ids"]), torch.from_numpy(named["attention_mask"]), *past)
+            out = wrapper(*[torch.from_numpy(named[n]) for n in inputs], *past)
         presents = {n.replace("past_key_values.", "present."): t.numpy() for n, t in zip(names, out[1:])}
         return {"logits": out[0].numpy(), **presents}
 
-    dims = {n: (1, model.config.n_head, "past_sequence", model.config.n_embd // model.config.n_head) for n in names}
-    check = check_generation(model, "causal-lm-with-past", call, {"model": dims})
+    dims = {n: (1, model.config.n_head, "past_sequence_length", model.config.n_embd // model.config.n_head)
+            for n in names}
+    graph = {**{n: ("batch_size", "sequence_length") for n in inputs}, **dims}
+    return call, {"model": graph}
+
+
+def test_the_reference_loop_passes_and_a_miswired_cache_fails(lively):
+    """Presents fed back under each other's names: every output check would pass, decoding does not."""
+    model, _ = load_model(open_checkpoint(lively[("gpt2", "causal-lm")], "tiny"), "causal-lm")
+    assert check_generation(model, "causal-lm-with-past", *_gpt2_call(model, position_ids=True)).passed
+    check = check_generation(model, "causal-lm-with-past", *_gpt2_call(model, True, swap_layers=True))
     assert not check.passed and check.actual != check.expected
-    assert len(check.expected) == NEW_TOKENS
+
+
+def test_a_graph_without_position_ids_fails_on_the_left_padded_rows(lively):
+    """Without position ids GPT-2 counts left padding as positions: the padded rows decode other tokens."""
+    model, _ = load_model(open_checkpoint(lively[("gpt2", "causal-lm")], "tiny"), "causal-lm")
+    check = check_generation(model, "causal-lm-with-past", *_gpt2_call(model, position_ids=False))
+    assert not check.passed
+    assert check.actual[0] == check.expected[0]  # the longest row has no padding
+    assert check.actual[1:] != check.expected[1:]

@@ -44,3 +44,15 @@ def test_an_artifact_that_cannot_run_fails_with_the_error_recorded():
 
 def test_nan_outputs_fail():
     assert not validate("onnx", runner(offset=float("nan")), ["logits"], CASES, atol=1e-4).passed
+
+
+def test_relative_tolerance_accepts_large_values_and_still_refuses_small_ones():
+    """|diff| <= atol + rtol * |reference|: large activations get room in proportion, values near 0 do not."""
+    large = [ValidationCase("batch=1", {"x": torch.ones(1, 2)}, [torch.full((1, 4), 1000.0)])]
+    run = runner(offset=1000.5)  # 5e-4 relative: beyond atol, within rtol
+    report = validate("onnx", run, ["logits"], large, atol=1e-4, rtol=1e-3)
+    assert report.passed
+    assert abs(report.max_abs_diff["logits"] - 0.5) < 1e-6 and abs(report.max_rel_diff["logits"] - 5e-4) < 1e-9
+    assert report.to_dict()["rtol"] == 1e-3 and "max_rel_diff" in report.to_dict()
+    assert not validate("onnx", run, ["logits"], large, atol=1e-4, rtol=1e-4).passed
+    assert not validate("onnx", runner(offset=2e-4), ["logits"], CASES, atol=1e-4, rtol=1e-3).passed

@@ -55,6 +55,14 @@ def tiny_config(model_type: str, **extra):
     return AutoConfig.for_model(model_type, **{**base, **OVERRIDES.get(model_type, {}), **extra})
 
 
+def widen(model: torch.nn.Module, std: float = 0.3) -> None:
+    """Wide random weights (normalisation layers left at their init), so greedy decoding varies its tokens."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name and "ln_" not in name:
+                parameter.normal_(0.0, std)
+
+
 def build_checkpoint(directory: Path, model_type: str, feature: str = "default", seed: int = 0,
                      lively: bool = False) -> Path:
     """Save a tiny random model of `model_type` with the head of `feature` into `directory`.
@@ -70,8 +78,6 @@ def build_checkpoint(directory: Path, model_type: str, feature: str = "default",
     config.architectures = []  # some tasks map to several classes; an empty list picks the first
     model = auto_class(feature).from_config(config).eval()
     if lively:
-        with torch.no_grad():
-            for parameter in model.parameters():
-                parameter.normal_(0.0, 0.3)
+        widen(model)
     model.save_pretrained(directory)
     return directory

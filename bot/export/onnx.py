@@ -23,12 +23,12 @@ import onnx
 import torch
 
 from bot.errors import ExportError
+from bot.layout import external_data_name
 from bot.specs import InputSpec
 
 log = logging.getLogger(__name__)
 
 PROTOBUF_LIMIT = 2 * 1024**3
-EXTERNAL_DATA_SUFFIX = "_data"  # onnx/model.onnx -> onnx/model.onnx_data
 DEFAULT_OPSET = 18
 
 # exporter name -> (use dynamo, attention implementation to reload the model with, or None to keep it)
@@ -121,16 +121,12 @@ def _finalize(written: Path, path: Path) -> None:
         model = onnx.load(str(written))  # pulls the external data into the proto
         onnx.save_model(model, str(path))
     else:
-        data_name = path.name + EXTERNAL_DATA_SUFFIX
+        data_name = external_data_name(path.name)
         model = onnx.load(str(written), load_external_data=False)  # the small graph only
-        locations = {entry.value for tensor in _external_tensors(model) for entry in tensor.external_data
-                     if entry.key == "location"}
+        locations = _locations(model)
         if len(locations) == 1:  # dynamo's single side file: rename it and point the graph at the new name
             os.replace(written.parent / locations.pop(), path.parent / data_name)
-            for tensor in _external_tensors(model):
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
+            _relocate(model, data_name)
             onnx.save_model(model, str(path))
         else:  # inline, or one file per tensor: gather every weight into ONE data file
             model = onnx.load(str(written))
@@ -145,7 +141,34 @@ def _external_tensors(model: onnx.ModelProto):
     return [t for t in _get_all_tensors(model) if uses_external_data(t)]
 
 
+def _locations(model: onnx.ModelProto) -> set[str]:
+    return {entry.value for tensor in _external_tensors(model) for entry in tensor.external_data
+            if entry.key == "location"}
+
+
+def _relocate(model: onnx.ModelProto, data_name: str) -> None:
+    for tensor in _external_tensors(model):
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+
+
 def artifact_files(path: Path) -> list[Path]:
     """The files that make up an ONNX artifact: the graph and, over 2 GB, its external data."""
-    data = path.with_name(path.name + EXTERNAL_DATA_SUFFIX)
+    data = path.with_name(external_data_name(path.name))
     return [path, data] if data.exists() else [path]
+
+
+def move_onnx(source: Path, target: Path) -> list[Path]:
+    """Move an ONNX artifact to a new file name; its external data follows and the graph is pointed at it."""
+    data = source.with_name(external_data_name(source.name))
+    if not data.exists():
+        os.replace(source, target)
+        return [target]
+    target_data = target.with_name(external_data_name(target.name))
+    os.replace(data, target_data)
+    model = onnx.load(str(source), load_external_data=False)  # the small graph only
+    _relocate(model, target_data.name)
+    onnx.save_model(model, str(target))
+    source.unlink()
+    return [target, target_data]

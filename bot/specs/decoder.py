@@ -1,10 +1,12 @@
-"""Decoder-only models (GPT-2, GPT Neo, GPT-J): one graph per feature; `-with-past` adds a flat key/value cache.
+"""Decoder-only models (GPT-2, GPT Neo, GPT-J, Llama-style): one graph per feature; `-with-past` adds a flat cache.
 
-With past, the graph takes `past_key_values.{i}.key` / `.value` (batch, heads, past_sequence, head_dim) and returns
-`present.{i}.key` / `.value` (the same with past_sequence + sequence). ONE graph serves both steps of decoding: the
-first call passes a past of length 0 (the prompt), every later call passes the previous call's presents and one
-new token. `attention_mask` covers past and new tokens: (batch, total_sequence), where
-total_sequence = past_sequence + sequence.
+Inputs are `input_ids`, `attention_mask` and, where the model's forward takes them, `position_ids`: the clients
+(transformers.js, optimum) compute positions from the attention mask and pass them only when the graph declares the
+input, and without them a left-padded row counts its padding as positions and decodes garbage.
+With past, the graph also takes `past_key_values.{i}.key` / `.value` (batch_size, heads, past_sequence_length,
+head_dim) and returns `present.{i}.key` / `.value`. ONE graph serves both steps of decoding: the first call passes a
+past of length 0 (the prompt), every later call the previous call's presents and one new token; `attention_mask`
+covers past and new tokens (batch_size, total_sequence_length).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import torch
 
 from bot.features import FEATURES
-from bot.specs import Graph, InputSpec, Shape
+from bot.layout import BATCH, PAST_SEQUENCE, SEQUENCE, TOTAL_SEQUENCE
+from bot.specs import Graph, InputSpec, Shape, accepts
 from bot.specs.encoder import TextEncoderSpec
 
 
@@ -34,17 +37,30 @@ def build_cache(config, tensors: list[torch.Tensor]):
     return cache
 
 
-class WithPast(torch.nn.Module):
-    """Positional inputs (ids, mask, flat past) -> (head outputs..., flat presents)."""
+def positions_from_mask(mask: torch.Tensor, new_tokens: int | None = None) -> torch.Tensor:
+    """Position ids as generate(), transformers.js and optimum compute them: padding does not count as a position.
 
-    def __init__(self, model, head_outputs: list[str]):
+    `cumsum(mask) - 1`, padded positions set to 1; for a cached step only the last `new_tokens` columns.
+    """
+    positions = mask.long().cumsum(-1) - 1
+    positions = positions.masked_fill(mask == 0, 1)
+    return positions if new_tokens is None else positions[:, -new_tokens:]
+
+
+class WithPast(torch.nn.Module):
+    """Positional inputs (the named ones, then the flat past) -> (head outputs..., flat presents)."""
+
+    def __init__(self, model, input_names: list[str], head_outputs: list[str]):
         super().__init__()
         self.model = model
+        self.input_names = input_names
         self.head_outputs = head_outputs
 
-    def forward(self, input_ids, attention_mask, *past):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask,
-                         past_key_values=build_cache(self.model.config, list(past)), use_cache=True, return_dict=True)
+    def forward(self, *inputs):
+        named = dict(zip(self.input_names, inputs))
+        past = list(inputs[len(self.input_names):])
+        out = self.model(**named, past_key_values=build_cache(self.model.config, past), use_cache=True,
+                         return_dict=True)
         return tuple([out[name] for name in self.head_outputs] + flat_cache(out.past_key_values))
 
 
@@ -52,21 +68,37 @@ class DecoderSpec(TextEncoderSpec):
     family = "decoder"
 
     def inputs(self, model, feature):
-        dims = ("batch", "sequence")
-        return [InputSpec("input_ids", dims, "ids"), InputSpec("attention_mask", dims, "mask")]
+        dims = (BATCH, SEQUENCE)
+        inputs = [InputSpec("input_ids", dims, "ids"), InputSpec("attention_mask", dims, "mask")]
+        if accepts(model, "position_ids"):  # so a left-padded batch gets the positions generate() gives it
+            inputs.append(InputSpec("position_ids", dims, "positions"))
+        return inputs
 
     def call_kwargs(self, feature):
         return {"use_cache": False}
 
+    def example_inputs(self, config, inputs, shape, seed=0):
+        plain = [i for i in inputs if i.kind != "positions"]
+        return with_positions(super().example_inputs(config, plain, shape, seed), inputs)
+
     def text_inputs(self, tokenizer, inputs, feature, config):
         if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; padding needs one
             return None
-        return super().text_inputs(tokenizer, inputs, feature, config)
+        plain = [i for i in inputs if i.kind != "positions"]
+        return with_positions(super().text_inputs(tokenizer, plain, feature, config), inputs)
 
     def graphs(self, model, feature, tokenizer=None):
         if not FEATURES[feature].with_past:
             return super().graphs(model, feature, tokenizer)
         return [past_graph(model, self.output_names)]
+
+
+def with_positions(values: dict[str, torch.Tensor] | None, inputs: list[InputSpec]) -> dict[str, torch.Tensor] | None:
+    """Inputs in spec order, with position ids derived from the attention mask where the spec has them."""
+    if values is None:
+        return None
+    return {i.name: positions_from_mask(values["attention_mask"]) if i.kind == "positions" else values[i.name]
+            for i in inputs}
 
 
 def _random_ids(config, batch: int, length: int, generator) -> torch.Tensor:
@@ -84,16 +116,18 @@ def _past_for(model, ids: torch.Tensor, mask: torch.Tensor, empty_like: list[tor
 def past_graph(model, output_names) -> Graph:
     """The single with-past graph: prefill with an empty past, then one token at a time."""
     config = model.config
+    token = torch.full((1, 1), min(5, config.vocab_size - 1))
     with torch.no_grad():
-        probe = flat_cache(model(input_ids=torch.full((1, 1), min(5, config.vocab_size - 1)), use_cache=True,
-                                 return_dict=True).past_key_values)
-        head = [n for n in output_names(model(input_ids=torch.full((1, 1), min(5, config.vocab_size - 1)),
-                                              use_cache=False, return_dict=True))]
+        probe = flat_cache(model(input_ids=token, use_cache=True, return_dict=True).past_key_values)
+        head = output_names(model(input_ids=token, use_cache=False, return_dict=True))
     layers = len(probe) // 2
     past_names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"),
-              InputSpec("attention_mask", ("batch", "total_sequence"), "mask")]
-    inputs += [InputSpec(name, ("batch", t.shape[1], "past_sequence", t.shape[3]), "past")
+    inputs = [InputSpec("input_ids", (BATCH, SEQUENCE), "ids"),
+              InputSpec("attention_mask", (BATCH, TOTAL_SEQUENCE), "mask")]
+    if accepts(model, "position_ids"):
+        inputs.append(InputSpec("position_ids", (BATCH, SEQUENCE), "positions"))
+    named = [i.name for i in inputs]
+    inputs += [InputSpec(name, (BATCH, t.shape[1], PAST_SEQUENCE, t.shape[3]), "past")
                for name, t in zip(past_names, probe)]
     outputs = head + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
@@ -104,10 +138,11 @@ def past_graph(model, output_names) -> Graph:
         if padded and batch > 1:
             mask[1, (past + sequence) // 2 + 1:] = 0  # right padding; the first position always attends
         flat = _past_for(model, prefix, mask[:, :past], probe)
-        return {"input_ids": ids, "attention_mask": mask, **dict(zip(past_names, flat))}
+        values = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask, sequence)}
+        return {**{name: values[name] for name in named}, **dict(zip(past_names, flat))}
 
-    cases = [(Shape({"batch": 3, "sequence": 5, "past_sequence": 0}, True).describe() + " (prompt)", make(3, 5, 0, True, 1)),
-             (Shape({"batch": 1, "sequence": 1, "past_sequence": 6}).describe() + " (next token)", make(1, 1, 6, False, 2)),
-             (Shape({"batch": 3, "sequence": 1, "past_sequence": 9}, True).describe() + " (next token)",
+    cases = [(Shape({BATCH: 3, SEQUENCE: 5, PAST_SEQUENCE: 0}, True).describe() + " (prompt)", make(3, 5, 0, True, 1)),
+             (Shape({BATCH: 1, SEQUENCE: 1, PAST_SEQUENCE: 6}).describe() + " (next token)", make(1, 1, 6, False, 2)),
+             (Shape({BATCH: 3, SEQUENCE: 1, PAST_SEQUENCE: 9}, True).describe() + " (next token)",
               make(3, 1, 9, True, 3))]
-    return Graph("model", WithPast(model, head), inputs, outputs, make(2, 3, 4, True, 0), cases)
+    return Graph("model", WithPast(model, named, head), inputs, outputs, make(2, 3, 4, True, 0), cases)

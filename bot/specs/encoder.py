@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bot.layout import BATCH, CHOICES, SEQUENCE
 from bot.specs import ExportSpec, InputSpec, Shape, accepts
 
 # Sentences of different lengths, so a tokenizer pads them: the validation input a user's batch looks like.
@@ -18,7 +19,7 @@ class TextEncoderSpec(ExportSpec):
     family = "text-encoder"
 
     def _batch_dims(self, feature: str) -> tuple[str, ...]:
-        return ("batch", "choices", "sequence") if feature == "multiple-choice" else ("batch", "sequence")
+        return (BATCH, CHOICES, SEQUENCE) if feature == "multiple-choice" else (BATCH, SEQUENCE)
 
     def inputs(self, model, feature):
         dims = self._batch_dims(feature)
@@ -30,16 +31,16 @@ class TextEncoderSpec(ExportSpec):
         return specs
 
     def export_shape(self, feature):
-        sizes = {"batch": 2, "sequence": 8}
+        sizes = {BATCH: 2, SEQUENCE: 8}
         if feature == "multiple-choice":
-            sizes["choices"] = 4
+            sizes[CHOICES] = 4
         # Padded, so tracing records the masked-attention path rather than a shortcut for all-ones masks.
         return Shape(sizes, padded=True)
 
     def validation_shapes(self, feature):
-        padded, small = {"batch": 3, "sequence": 13}, {"batch": 1, "sequence": 5}
+        padded, small = {BATCH: 3, SEQUENCE: 13}, {BATCH: 1, SEQUENCE: 5}
         if feature == "multiple-choice":
-            padded["choices"], small["choices"] = 3, 2
+            padded[CHOICES], small[CHOICES] = 3, 2
         return [Shape(padded, padded=True), Shape(small)]
 
     def example_inputs(self, config, inputs, shape, seed=0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.layout import BATCH, SEQUENCE
 from bot.specs import InputSpec, Shape
 from bot.specs.encoder import TextEncoderSpec
 from bot.specs.vision import VisionSpec
@@ -13,8 +14,8 @@ class PerceiverSpec(TextEncoderSpec):
     def inputs(self, model, feature):
         if feature == "image-classification":
             size = model.config.image_size
-            return [InputSpec("inputs", ("batch", 3, size, size), "pixels")]
-        dims = ("batch", "sequence")
+            return [InputSpec("inputs", (BATCH, 3, size, size), "pixels")]
+        dims = (BATCH, SEQUENCE)
         return [InputSpec("inputs", dims, "ids"), InputSpec("attention_mask", dims, "mask")]
 
     def export_shape(self, feature):

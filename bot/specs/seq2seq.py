@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from bot.features import FEATURES
+from bot.layout import BATCH, DECODER_SEQUENCE, ENCODER_SEQUENCE, PAST_SEQUENCE, SEQUENCE
 from bot.specs import Graph, InputSpec, Shape
 from bot.specs.decoder import flat_cache
 from bot.specs.encoder import TextEncoderSpec
@@ -25,11 +26,11 @@ class Seq2SeqSpec(TextEncoderSpec):
     family = "seq2seq"
 
     def inputs(self, model, feature):
-        dims = ("batch", "sequence")
+        dims = (BATCH, SEQUENCE)
         inputs = [InputSpec("input_ids", dims, "ids"), InputSpec("attention_mask", dims, "mask")]
         if feature == "default":
-            inputs += [InputSpec("decoder_input_ids", ("batch", "decoder_sequence"), "ids"),
-                       InputSpec("decoder_attention_mask", ("batch", "decoder_sequence"), "mask")]
+            inputs += [InputSpec("decoder_input_ids", (BATCH, DECODER_SEQUENCE), "ids"),
+                       InputSpec("decoder_attention_mask", (BATCH, DECODER_SEQUENCE), "mask")]
         return inputs
 
     def call_kwargs(self, feature):
@@ -37,7 +38,7 @@ class Seq2SeqSpec(TextEncoderSpec):
 
     def example_inputs(self, config, inputs, shape, seed=0):
         sizes = dict(shape.sizes)
-        sizes.setdefault("decoder_sequence", max(1, sizes["sequence"] - 3))
+        sizes.setdefault(DECODER_SEQUENCE, max(1, sizes[SEQUENCE] - 3))
         values = super().example_inputs(config, inputs, Shape(sizes, shape.padded), seed)
         eos = getattr(config, "eos_token_id", None)
         if eos is not None and "input_ids" in values:
@@ -143,34 +144,34 @@ def split_graphs(model, output_names, with_past: bool) -> list[Graph]:
     present_names = [n.replace("past_key_values.", "present.") for n in past_names]
     heads_dim = flat_cache(probe_out.past_key_values.self_attention_cache)[0].shape
 
-    enc_inputs = [InputSpec("input_ids", ("batch", "sequence"), "ids"),
-                  InputSpec("attention_mask", ("batch", "sequence"), "mask")]
-    dec_inputs = [InputSpec("input_ids", ("batch", "decoder_sequence"), "ids"),
-                  InputSpec("encoder_attention_mask", ("batch", "sequence"), "mask"),
-                  InputSpec("encoder_hidden_states", ("batch", "sequence", config.d_model), "hidden")]
+    enc_inputs = [InputSpec("input_ids", (BATCH, SEQUENCE), "ids"),
+                  InputSpec("attention_mask", (BATCH, SEQUENCE), "mask")]
+    dec_inputs = [InputSpec("input_ids", (BATCH, DECODER_SEQUENCE), "ids"),
+                  InputSpec("encoder_attention_mask", (BATCH, ENCODER_SEQUENCE), "mask"),
+                  InputSpec("encoder_hidden_states", (BATCH, ENCODER_SEQUENCE, config.d_model), "hidden")]
 
     def enc_case(batch, sequence, padded, seed):
         return encoder_inputs(batch, sequence, padded, torch.Generator().manual_seed(seed))
 
     graphs = [Graph("encoder_model", encoder, enc_inputs, ["last_hidden_state"], enc_case(2, 8, True, 0),
-                    [(Shape({"batch": 3, "sequence": 13}, True).describe(), enc_case(3, 13, True, 1)),
-                     (Shape({"batch": 1, "sequence": 5}).describe(), enc_case(1, 5, False, 2))])]
+                    [(Shape({BATCH: 3, SEQUENCE: 13}, True).describe(), enc_case(3, 13, True, 1)),
+                     (Shape({BATCH: 1, SEQUENCE: 5}).describe(), enc_case(1, 5, False, 2))])]
     decoder_outputs = head + ([n for n in present_names] if with_past else [])
     graphs.append(Graph(
         "decoder_model", Decoder(model, head, use_cache=with_past, takes_past=False).eval(), dec_inputs,
         decoder_outputs, decoder_inputs(2, 8, 3, 0, True, 0),
-        [(Shape({"batch": 3, "sequence": 13, "decoder_sequence": 5}, True).describe(), decoder_inputs(3, 13, 5, 0, True, 1)),
-         (Shape({"batch": 1, "sequence": 5, "decoder_sequence": 1}).describe(), decoder_inputs(1, 5, 1, 0, False, 2))]))
+        [(Shape({BATCH: 3, ENCODER_SEQUENCE: 13, DECODER_SEQUENCE: 5}, True).describe(), decoder_inputs(3, 13, 5, 0, True, 1)),
+         (Shape({BATCH: 1, ENCODER_SEQUENCE: 5, DECODER_SEQUENCE: 1}).describe(), decoder_inputs(1, 5, 1, 0, False, 2))]))
     if with_past:
-        past_inputs = [InputSpec(name, ("batch", heads_dim[1],
-                                        "past_decoder_sequence" if ".decoder." in name else "sequence", heads_dim[3]),
+        past_inputs = [InputSpec(name, (BATCH, heads_dim[1],
+                                        PAST_SEQUENCE if ".decoder." in name else ENCODER_SEQUENCE, heads_dim[3]),
                                  "past") for name in past_names]
         with_past_outputs = head + [n for n in present_names if ".decoder." in n]
         graphs.append(Graph(
             "decoder_with_past_model", Decoder(model, head, use_cache=True, takes_past=True).eval(),
             dec_inputs + past_inputs, with_past_outputs, decoder_inputs(2, 8, 1, 3, True, 0),
-            [(Shape({"batch": 3, "sequence": 13, "past_decoder_sequence": 4}, True).describe() + " (next token)",
+            [(Shape({BATCH: 3, ENCODER_SEQUENCE: 13, PAST_SEQUENCE: 4}, True).describe() + " (next token)",
               decoder_inputs(3, 13, 1, 4, True, 1)),
-             (Shape({"batch": 1, "sequence": 5, "past_decoder_sequence": 2}).describe() + " (next token)",
+             (Shape({BATCH: 1, ENCODER_SEQUENCE: 5, PAST_SEQUENCE: 2}).describe() + " (next token)",
               decoder_inputs(1, 5, 1, 2, False, 2))]))
     return graphs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from bot.layout import BATCH
 from bot.specs import ExportSpec, InputSpec, Shape
 
 
@@ -13,14 +14,14 @@ class VisionSpec(ExportSpec):
     def inputs(self, model, feature):
         config = model.config
         size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
-        return [InputSpec("pixel_values", ("batch", config.num_channels, size, size), "pixels")]
+        return [InputSpec("pixel_values", (BATCH, config.num_channels, size, size), "pixels")]
 
     def export_shape(self, feature):
-        return Shape({"batch": 2})
+        return Shape({BATCH: 2})
 
     def validation_shapes(self, feature):
         # Images have no padding; the batch sizes differ from the export's.
-        return [Shape({"batch": 3}), Shape({"batch": 1})]
+        return [Shape({BATCH: 3}), Shape({BATCH: 1})]
 
     def example_inputs(self, config, inputs, shape, seed=0):
         generator = torch.Generator().manual_seed(seed)
