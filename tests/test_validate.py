@@ -56,3 +56,36 @@ def test_relative_tolerance_accepts_large_values_and_still_refuses_small_ones():
     assert report.to_dict()["rtol"] == 1e-3 and "max_rel_diff" in report.to_dict()
     assert not validate("onnx", run, ["logits"], large, atol=1e-4, rtol=1e-4).passed
     assert not validate("onnx", runner(offset=2e-4), ["logits"], CASES, atol=1e-4, rtol=1e-3).passed
+
+
+def test_large_activations_pass_with_rtol_and_a_failed_graph_withdraws_its_whole_feature(tmp_path):
+    """T5 with wide weights has large activations: correct exports differ by more than atol alone allows.
+    With rtol 0 the decoder fails, and then no graph of the feature is written: clients need all of them."""
+    from bot.checkpoint import auto_class
+    from bot.job import Job, make_options
+    from bot.pipeline import run_export
+    from tests.tiny import tiny_config, widen
+
+    torch.manual_seed(0)
+    config = tiny_config("t5")
+    config.architectures = []
+    model = auto_class("seq2seq-lm").from_config(config).eval()
+    widen(model, std=1.0)
+    model.save_pretrained(tmp_path / "t5")
+
+    def export(out, **tolerance):
+        options = make_options(["seq2seq-lm-with-past"], ["onnx"], **tolerance)
+        return run_export(Job(model=str(tmp_path / "t5"), output_dir=tmp_path / out, options=options))
+
+    strict = export("strict", rtol=0.0)
+    assert not strict.artifacts and not (tmp_path / "strict" / "onnx").exists()
+    reasons = {f.component: f.error for f in strict.failures}
+    assert set(reasons) == {"encoder_model", "decoder_model", "decoder_with_past_model"}
+    assert "validation failed" in reasons.values()
+    assert "another graph of this feature failed" in reasons["encoder_model"]
+
+    default = export("default")
+    assert default.ok and {a.component for a in default.artifacts} == {"encoder_model", "decoder_model_merged"}
+    merged = next(a for a in default.artifacts if a.component == "decoder_model_merged").validation
+    assert max(merged.max_abs_diff.values()) > 1e-4  # beyond atol alone, within atol + rtol * |reference|
+    assert merged.rtol == 1e-3
