@@ -35,8 +35,15 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
                     "sentencepiece.bpe.model")
 
 
+# sentence-transformers: the module list and the pooling a model's embeddings really use (shown in the card).
+_SENTENCE_TRANSFORMERS_RE = re.compile(r"modules\.json|[0-9]+_Pooling/config\.json")
+
+
 def is_source_file(relative_path: str) -> bool:
-    """Top-level files that define the model: config, weights, tokenizer and preprocessor files."""
+    """Files that define the model: top-level config, weights, tokenizer and preprocessor files, and the
+    sentence-transformers pooling configuration."""
+    if _SENTENCE_TRANSFORMERS_RE.fullmatch(relative_path):
+        return True
     return "/" not in relative_path and bool(_SOURCE_RE.fullmatch(relative_path))
 
 
@@ -128,8 +135,9 @@ def open_checkpoint(path: Path, source: str, revision: str | None = None, allow_
 
 def hash_source_files(path: Path) -> dict[str, str]:
     """sha256 of every source file, the same digest the Hub records for LFS files."""
-    return {file.name: sha256_file(file) for file in sorted(path.iterdir())
-            if file.is_file() and is_source_file(file.name)}
+    files = sorted(path.iterdir()) + sorted(path.glob("*_Pooling/config.json"))
+    return {file.relative_to(path).as_posix(): sha256_file(file) for file in files
+            if file.is_file() and is_source_file(file.relative_to(path).as_posix())}
 
 
 def sha256_file(path: Path) -> str:
