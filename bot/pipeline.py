@@ -29,6 +29,7 @@ from bot.generation import GENERATION_FEATURES, check_generation
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
 from bot.specs import Graph, spec_for
+from bot.usage import sentence_transformers_pooling
 from bot.validate import (DEFAULT_RTOL, ValidationCase, ValidationReport, named_caller, onnx_runner,
                           reference_cases, torchscript_runner, validate)
 
@@ -87,6 +88,7 @@ class ExportResult:
     skipped: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     manifest_path: Path | None = None
+    pooling: dict | None = None  # a sentence-transformers model's pooling (bot.usage), shown in the card
 
     @property
     def ok(self) -> bool:
@@ -118,7 +120,8 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     plan = ckpt.plan_features(checkpoint, list(options.features))
     tokenizer = ckpt.load_tokenizer(checkpoint)
     result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, checkpoint.support.origin,
-                          plan.primary, job.output_dir, checkpoint.source_files, skipped=dict(plan.skipped))
+                          plan.primary, job.output_dir, checkpoint.source_files, skipped=dict(plan.skipped),
+                          pooling=sentence_transformers_pooling(checkpoint.path))
     result.timings["plan"] = time.perf_counter() - started
 
     created = not job.output_dir.exists()
