@@ -1,8 +1,15 @@
-"""Render results for people: the seed-style validation log and the final summary (terminal text)."""
+"""Render results for people: the seed-style validation log and the final summary (terminal text), and the
+markdown escaping every untrusted string goes through before it reaches a card, PR description or comment."""
 
 from __future__ import annotations
 
-from bot.validate import ValidationReport
+import json
+import keyword
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for annotations: importing bot.validate loads torch, which the escaping helpers do not need
+    from bot.validate import ValidationReport
 
 OK, FAIL = "✓", "✗"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
@@ -81,3 +88,73 @@ def publish_summary(result) -> str:
         lines += [f"  {path}" for path in result.files]
     lines.append(f"{result.status}: {result.message}" + (f" — {result.pr_url}" if result.pr_url else ""))
     return "\n".join(lines)
+
+
+# -- markdown for untrusted strings ----------------------------------------------------------------------------------
+#
+# Repo and file names, feature, input and output names, config class names and exporters' error messages come from
+# people we do not know. Wherever they are shown in markdown they must read as the text they are: never a link, an
+# image, raw HTML, emphasis, a new table column, a new line or paragraph, or the end of a code block.
+
+_INVISIBLE = re.compile(r"[\x00-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")  # controls, bidi, zero-width
+# Every character that can open inline markup, HTML or an entity; `_` only where it can start or end emphasis (not
+# inside a word, so `input_ids` stays readable in the raw card).
+_MARKUP = re.compile(r"[\\`*\[\]<>|&~$]|(?<![^\W_])_|_(?![^\W_])")
+_LINE_START = re.compile(r"[#+=-]|\d+[.)]")  # what makes the start of a line a heading, list item or underline
+_AUTOLINK = re.compile(r"(?i)://|www\.")  # bare URLs some renderers turn into links
+_BACKTICKS = re.compile(r"`+")
+
+
+def one_line(value: object) -> str:
+    """`value` on one line, whitespace runs as one space and invisible or direction-changing characters shown as
+    U+FFFD: safe inside a fenced code block, which only a new line starting with a fence could end."""
+    return _INVISIBLE.sub("\ufffd", " ".join(str(value).split()))
+
+
+def md_text(value: object) -> str:
+    """`value` as inert inline markdown text, safe in prose, list items and table cells (GFM reads `\\|` as a
+    literal pipe inside a cell). Backslash escapes only: the rendered text is exactly the original one."""
+    text = _MARKUP.sub(lambda m: "\\" + m.group(0), one_line(value))
+    text = _AUTOLINK.sub(lambda m: "\\://" if m.group(0) == "://" else m.group(0)[:3] + "\\.", text)
+    start = _LINE_START.match(text)
+    if start:  # escape the punctuation that would make a line of its own a heading or a list item
+        end = start.end()
+        text = text[:end - 1] + "\\" + text[end - 1:]
+    return text
+
+
+def md_code(value: object) -> str:
+    """`value` as an inline code span, safe in prose and table cells. The fence is one backtick longer than the
+    longest backtick run inside (CommonMark's rule); a value with a pipe falls back to md_text, because GFM splits
+    table cells on pipes even inside code spans and a `\\|` would show its backslash outside tables."""
+    text = one_line(value)
+    if not text or "|" in text:
+        return md_text(text)
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def md_url(value: object) -> str:
+    """An http(s) URL as an autolink `<url>`; anything else (spaces, angle brackets, other schemes) as text."""
+    text = one_line(value)
+    if re.fullmatch(r"https?://[^\s<>`|\\\ufffd]+", text):
+        return f"<{text}>"
+    return md_text(text)
+
+
+def py_str(value: object) -> str:
+    """A Python string literal for code snippets people copy: quotes, backslashes and new lines escaped, non-ASCII
+    as \\u escapes (a JSON string is a valid Python literal), so a value can neither end the string nor the block."""
+    return json.dumps(str(value), ensure_ascii=True)
+
+
+def py_name(value: object) -> str:
+    """A name used as a variable in a Python snippet: itself when it is an identifier, else a string literal, so a
+    crafted input name can never add code to a snippet people run."""
+    text = str(value)
+    return text if text.isidentifier() and not keyword.iskeyword(text) and text.isascii() else py_str(text)
+
+
+MARKDOWN_FILTERS = {"md": md_text, "code": md_code, "url": md_url, "py": py_str, "py_name": py_name,
+                    "one_line": one_line}
