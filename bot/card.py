@@ -21,9 +21,11 @@ import yaml
 
 from bot.manifest import library_versions
 from bot.render import MARKDOWN_FILTERS, human_size, md_code, md_text, one_line
+from bot.usage import usage_context
 
 START, END = "<!-- hub-export-bot:start -->", "<!-- hub-export-bot:end -->"
 CARD_TEMPLATE, PR_TEMPLATE = "model_card_section.md.j2", "pr_description.md.j2"
+USAGE_TEMPLATE = "usage.md.j2"  # how to load the files with each client, shown by both
 PR_TITLE = "Add validated ONNX and TorchScript exports (hub-export-bot)"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
@@ -78,12 +80,12 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
     order = {"onnx": 0, "torchscript": 1}
     ranked = sorted(result.artifacts, key=lambda a: (a.feature != result.primary, a.feature, order[a.format], a.path))
     artifacts = [_artifact_row(a) for a in ranked]
-    primary = {a["format"]: a for a in artifacts if "/" not in a["path"].split("/", 1)[1]}
+    usage = usage_context(result, repo_id, has_tokenizer)
     shapes = sorted({shape for a in result.artifacts for shape in a.validation.to_dict()["shapes_tried"]})
     return {
         "repo_id": repo_id, "revision": result.revision, "artifacts": artifacts,
         "failures": [_failure_row(f) for f in result.failures], "skipped": result.skipped,
-        "primary_onnx": primary.get("onnx"), "primary_torchscript": primary.get("torchscript"),
+        "usage": usage, "usage_section": _render(USAGE_TEMPLATE, {"usage": usage}).strip(),
         "versions": library_versions(), "source_url": source_url, "trigger": trigger, "pr_ref": pr_ref,
         "shapes": "; ".join(shapes), "has_tokenizer": has_tokenizer, "tags": card_tags(result),
         "readme_note": readme_note,

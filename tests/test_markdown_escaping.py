@@ -3,6 +3,9 @@ in the card section and the PR description: no link, image, HTML, extra table co
 
 import ast
 import html
+import subprocess
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -88,12 +91,12 @@ def hostile_result():
     validation = SimpleNamespace(max_abs_diff={EVIL: 1e-5}, atol=1e-4,
                                  to_dict=lambda: {"shapes_tried": [f"batch=3, {EVIL}"]})
     artifact = lambda path, fmt: SimpleNamespace(  # noqa: E731
-        feature=EVIL, format=fmt, path=path, size=1234, inputs=[EVIL, "attention_mask"], outputs=[EVIL],
-        exporter="torchscript", validation=validation)
+        feature="default", component="model", format=fmt, path=path, size=1234, inputs=[EVIL, "attention_mask"],
+        outputs=[EVIL], exporter="torchscript", validation=validation)
     failure = SimpleNamespace(feature=EVIL, format="onnx", validation=validation,
                               error=("boom " + EVIL + "\n") * 20 + "\\")  # long: cut to 200 characters
     return SimpleNamespace(
-        primary=EVIL, revision="0123456789abcdef",
+        primary="default", revision="0123456789abcdef", pooling=None,
         artifacts=[artifact(f"onnx/{EVIL_FILE}", "onnx"), artifact(f"torchscript/{EVIL_FILE}", "torchscript")],
         failures=[failure], skipped={EVIL: EVIL, "causal-lm": "class " + EVIL + " has no head"})
 
@@ -120,18 +123,25 @@ def assert_inert(markdown: str, code_blocks: int) -> None:
     fences = [t for t in tokens if t.type == "fence"]
     assert len(fences) == code_blocks
     for fence in fences:
-        ast.parse(fence.content)  # the snippet is still valid Python, with the values inside string literals
+        if fence.info == "python":
+            ast.parse(fence.content)  # the snippet is still valid Python, with the values inside string literals
+        else:  # JavaScript: still valid, with the values inside string literals
+            assert fence.info == "js"
+            script = Path(tempfile.mkdtemp()) / "snippet.mjs"
+            script.write_text(fence.content, encoding="utf-8")
+            check = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True)
+            assert check.returncode == 0, check.stderr
 
 
 def test_the_card_section_is_inert_with_hostile_names(hostile_context):
     section = render_card_section(hostile_context)
-    assert_inert(section, code_blocks=2)
+    assert_inert(section, code_blocks=4)  # transformers.js, optimum, onnxruntime, TorchScript
     assert f"hf_hub_download({py_str('acme/' + EVIL)}, {py_str('onnx/' + EVIL_FILE)})" in section
 
 
 def test_the_pr_description_is_inert_with_hostile_names(hostile_context):
     description = render_pr_description(hostile_context)
-    assert_inert(description, code_blocks=1)
+    assert_inert(description, code_blocks=5)  # "try it" and the four usage snippets
     failure_row = next(line for line in description.splitlines() if "❌" in line)
     assert "…" in failure_row and "\n" not in failure_row
 
@@ -142,11 +152,12 @@ def test_ordinary_values_render_as_before():
         a.feature, a.inputs, a.outputs = "default", ["input_ids", "attention_mask"], ["last_hidden_state"]
     result.artifacts[0].path, result.artifacts[1].path = "onnx/model.onnx", "torchscript/model.pt"
     result.failures, result.skipped, result.primary = [], {"masked-lm": "no head"}, "default"
-    ctx = context(result, "acme/model", source_url="https://github.com/acme/m/commit/0123", pr_ref="refs/pr/3")
+    ctx = context(result, "acme/model", source_url="https://github.com/acme/m/commit/0123", pr_ref="refs/pr/3",
+                  has_tokenizer=True)
     section, description = render_card_section(ctx), render_pr_description(ctx)
     row = "| default | ONNX | `onnx/model.onnx` | 1.2 KB | input_ids, attention_mask → last_hidden_state |"
     assert row in section
-    assert 'path = hf_hub_download("acme/model", "onnx/model.onnx")' in section
+    assert 'InferenceSession(hf_hub_download("acme/model", "onnx/model.onnx"))' in section
     assert "made from <https://github.com/acme/m/commit/0123> (commit `0123456789ab`)" in description
     assert "- `masked-lm`: no head" in description
     assert 'revision="refs/pr/3")' in description
