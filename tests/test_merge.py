@@ -17,7 +17,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bot.errors import ExportError
-from bot.export.merge import USE_CACHE_BRANCH, merge_decoders
+from bot.export.merge import merge_decoders
+from bot.layout import USE_CACHE_BRANCH
 from bot.export.onnx import export_onnx
 from bot.specs import spec_for
 from tests.tiny import build_checkpoint

@@ -17,10 +17,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from bot.errors import ExportError
+from bot.layout import USE_CACHE_BRANCH, external_data_name
 
-USE_CACHE_BRANCH = "use_cache_branch"
 NO_PAST, WITH_PAST = "no_past/", "with_past/"
-EXTERNAL_DATA_SUFFIX = "_data"  # decoder_model_merged.onnx -> decoder_model_merged.onnx_data
 
 
 def merge_decoders(decoder: Path, decoder_with_past: Path, output: Path, *,
@@ -193,7 +192,7 @@ def _outer_output(first: onnx.ValueInfoProto, cached: onnx.ValueInfoProto) -> on
 
 
 def _save(model: onnx.ModelProto, output: Path, external: bool) -> None:
-    data = output.with_name(output.name + EXTERNAL_DATA_SUFFIX)
+    data = output.with_name(external_data_name(output.name))
     data.unlink(missing_ok=True)  # onnx appends to an existing data file
     output.parent.mkdir(parents=True, exist_ok=True)
     if external:
