@@ -23,6 +23,7 @@ import torch
 from bot import checkpoint as ckpt
 from bot.errors import BotError, UsageError
 from bot import layout
+from bot.export.merge import merge_decoders
 from bot.export.onnx import artifact_files, export_onnx, move_onnx
 from bot.export.torchscript import export_torchscript
 from bot.generation import GENERATION_FEATURES, check_generation
@@ -234,8 +235,6 @@ def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[Va
     transformers.js loads only `decoder_model_merged.onnx` for encoder-decoder models; optimum prefers it. The split
     files are not published: the merged graph stores the weights once and serves both decoding steps.
     """
-    from bot.export.merge import merge_decoders
-
     by_component = {a.component: a for a in artifacts}
     first, cached = by_component[layout.DECODER], by_component[layout.DECODER_WITH_PAST]
     step = time.perf_counter()
