@@ -84,7 +84,7 @@ def test_unsupported_architecture_and_debug_traceback(tmp_path):
 def test_failed_validation_exits_1_and_leaves_no_valid_looking_artifact(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["export", "--model", str(tiny("bert")), "--format", "onnx", "--exporter", "torchscript",
-                 "--atol", "1e-12", str(out)])
+                 "--atol", "1e-12", "--rtol", "0", str(out)])
     text = capsys.readouterr().out
     assert code == 1 and "values not close" in text and "failed" in text
     assert not (out / "export_manifest.json").exists()
@@ -94,7 +94,7 @@ def test_failed_validation_exits_1_and_leaves_no_valid_looking_artifact(tiny, tm
 def test_partial_failure_writes_only_validated_artifacts_and_says_partial(tiny, tmp_path, capsys):
     out = tmp_path / "out"
     # TorchScript reproduces eager bit for bit here; ONNX differs by ~1e-7, so only ONNX fails at this atol.
-    code = main(["export", "--model", str(tiny("bert")), "--exporter", "torchscript", "--atol", "1e-12", str(out)])
+    code = main(["export", "--model", str(tiny("bert")), "--exporter", "torchscript", "--atol", "1e-12", "--rtol", "0", str(out)])
     capsys.readouterr()
     manifest = json.loads((out / "export_manifest.json").read_text())
     assert code == 1 and manifest["status"] == "partial"
