@@ -1,7 +1,8 @@
 """The webhook server as the Hub and a maintainer meet it: a real uvicorn process on 127.0.0.1, a real HTTP client.
 
 The server runs `tests.server_runners:scripted` instead of the publish pipeline (`--runner`), which leaves a marker
-file per run, so "exactly once" is counted, not assumed. kill -9 and SIGTERM are sent to the real process.
+file per run, so "exactly once" is counted, not assumed. kill -9, SIGTERM and SIGINT are sent to the real process (and
+to its whole process group, as a terminal or a service manager does).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +54,7 @@ class ServerProcess:
 
     def __init__(self, root: Path, *options: str, env: dict | None = None):
         self.root = root
+        root.mkdir(parents=True, exist_ok=True)
         self.state_dir = root / "state"
         self.markers = root / "markers"
         self.markers.mkdir(parents=True, exist_ok=True)
@@ -67,9 +70,9 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         self.runs += 1
         self.log = self.root / f"server-{self.runs}.log"
-        with open(self.log, "wb") as log:
+        with open(self.log, "wb") as log:  # a process group of its own, so that a test can signal the whole group
             self.process = subprocess.Popen([*server_command(), *self.options], cwd=REPO_ROOT, env=self.env,
-                                            stdout=log, stderr=subprocess.STDOUT)
+                                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         match = wait_for(lambda: self._listening() or self._exited(), timeout=60)
         assert match is not True, f"the server exited with {self.process.returncode}:\n{self.log.read_text()}"
         self.url = match.group(1)
@@ -97,9 +100,13 @@ class ServerProcess:
     def marker_count(self, repo: str, kind: str) -> int:
         return len(list(self.markers.glob(f"{repo.replace('/', '__')}-*.{kind}")))
 
-    def signal(self, signum: int, timeout: float = 30) -> int:
+    def signal(self, signum: int, timeout: float = 30, *, group: bool = False) -> int:
+        """Send `signum` to the server (or to its whole process group, export processes included); its exit status."""
         self.client.close()
-        self.process.send_signal(signum)
+        if group:
+            os.killpg(self.process.pid, signum)
+        else:
+            self.process.send_signal(signum)
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
@@ -136,8 +143,8 @@ def fresh(tmp_path):
     """A server of the test's own, started by the test (for kill -9 and SIGTERM)."""
     servers = []
 
-    def make(*options: str) -> ServerProcess:
-        servers.append(ServerProcess(tmp_path, *options))
+    def make(*options: str, env: dict | None = None) -> ServerProcess:
+        servers.append(ServerProcess(tmp_path / f"server-{len(servers)}", *options, env=env))
         return servers[-1]
 
     yield make
@@ -155,6 +162,38 @@ def test_the_secret_is_required_and_checked(server, secret, status):
     assert response.json()["status"] == "error" and "X-Webhook-Secret" in response.json()["detail"]
 
 
+def test_a_non_ascii_secret_matches_as_utf8_bytes(fresh):
+    secret = "whsec-clé-秘密"
+    proc = fresh(env={"WEBHOOK_SECRET": secret}).start()
+    assert proc.post(push(new=sha(901)), secret=secret.encode()).status_code == 202
+    assert proc.post(push(new=sha(902)), secret="whsec-cle-".encode()).status_code == 403
+    assert proc.post(push(new=sha(903)), secret=secret.encode("utf-8")[:-1]).status_code == 403
+    assert proc.signal(signal.SIGTERM) == 0
+    assert secret not in proc.all_logs()
+
+
+def test_the_secret_is_compared_in_constant_time_as_bytes(tmp_path, monkeypatch):
+    """In process (no server needed): the comparison goes through hmac.compare_digest, on the raw bytes."""
+    import asyncio
+
+    from bot.server import app as app_module
+
+    compared = []
+    real = app_module.hmac.compare_digest
+    monkeypatch.setattr(app_module.hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    app = app_module.create_app(app_module.ServerSettings(secret="clé", state_dir=tmp_path))
+
+    async def deliver(secret: bytes) -> int:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post("/webhooks/hub", content=b"[]", headers={"X-Webhook-Secret": secret})
+        return response.status_code
+
+    assert asyncio.run(deliver("clé".encode())) == 422  # past the secret: the body is not a payload
+    assert asyncio.run(deliver(b"cle")) == 403
+    assert compared == [("clé".encode(), "clé".encode()), (b"cle", "clé".encode())]
+
+
 def test_the_secret_is_checked_before_the_body_is_read(server):
     assert server.post(b"{not json", secret="wrong").status_code == 403
 
@@ -167,9 +206,10 @@ def test_the_secret_is_checked_before_the_body_is_read(server):
     (json.dumps({"event": {"action": "update", "scope": "repo.content"}}).encode(), 422, "repo: Field required"),
     (json.dumps({**push(), "updatedRefs": [{"ref": "refs/heads/main"}]}).encode(), 422, "updatedRefs.0.newSha"),
     (json.dumps(push(repo="acme/<b>x</b>")).encode(), 422, "repo.name"),
-    (b"{" + b'"a":' * 300_000 + b"1" + b"}" * 300_000, 413, "larger than"),
+    (b"[" * 5000 + b"]" * 5000, 400, "not valid JSON"),
 ])
 def test_bodies_that_are_not_hub_payloads_are_refused_without_a_500(server, body, status, detail):
+    """(Bodies over --max-body-size: test_server_limits.py.)"""
     response = server.post(body)
     assert response.status_code == status, response.text
     assert detail in response.json()["detail"]
@@ -183,6 +223,7 @@ def test_bodies_that_are_not_hub_payloads_are_refused_without_a_500(server, body
     (push(scope="discussion"), "event scope 'discussion' is not handled"),
     (push(scope="repo"), "event scope 'repo' is not handled"),
     (push(repo="other/model"), "repo other/model does not match --allow acme/*"),
+    (push(repo="acme-evil/model"), "repo acme-evil/model does not match --allow acme/*"),
     (push(new="0" * 40), "refs/heads/main was deleted"),
     ({k: v for k, v in push().items() if k != "updatedRefs"}, "the payload has no updatedRefs"),
 ])
@@ -235,6 +276,17 @@ def test_outcomes_are_recorded_and_a_failed_job_is_requeued_by_a_redelivery(serv
     assert "Traceback" in server.log.read_text()  # the RuntimeError's traceback went to the log, not the job
 
 
+def test_out_of_memory_deaths_are_reported_as_such_and_not_retried(server):
+    killed = server.post(push("acme/oom-kill", sha(3))).json()["job_id"]
+    aborted = server.post(push("acme/bad-alloc", sha(4))).json()["job_id"]
+    killed_job, aborted_job = server.wait_state(killed, FAILED), server.wait_state(aborted, FAILED)
+    assert killed_job["attempts"] == 1 and killed_job["result_status"] in ("killed", "out-of-memory")
+    assert "SIGKILL" in killed_job["message"] or "out-of-memory killer" in killed_job["message"]
+    assert (aborted_job["attempts"], aborted_job["result_status"]) == (1, "out-of-memory")
+    assert aborted_job["message"].startswith("out of memory: the export needed more than its")
+    assert (server.marker_count("acme/oom-kill", "start"), server.marker_count("acme/bad-alloc", "start")) == (1, 1)
+
+
 # --- status endpoints -----------------------------------------------------------------------------------------------
 
 def test_healthz_jobs_and_job(server):
@@ -274,6 +326,63 @@ def test_the_page_lists_jobs_with_everything_escaped_and_private_repos_hidden(se
     assert (job["repo_id"], job["sha"], job["pr_url"]) == ("(private repo)", None, None)
 
 
+def test_nothing_served_contains_a_local_path(server):
+    missing = server.post(push("acme/missing", sha(23))).json()["job_id"]
+    full = server.post(push("acme/disk-full", sha(24))).json()["job_id"]
+    assert server.wait_state(missing, FAILED)["message"].endswith("No such file or directory: '…/model.onnx'")
+    job = server.wait_state(full, FAILED)
+    assert job["result_status"] == "disk-full" and "…/model.onnx" in job["message"]
+    served = [server.client.get(path).text for path in ("/", "/jobs?limit=1000", f"/jobs/{missing}", "/healthz")]
+    for text in served:
+        assert str(server.root) not in text and str(server.state_dir) not in text and "/work/" not in text
+        assert TOKEN not in text and SECRET not in text
+    assert str(server.state_dir) in server.log.read_text()  # the operator's log keeps them
+
+
+def test_the_export_process_gets_a_small_environment_without_the_secret(server):
+    job_id = server.post(push("acme/env", sha(25))).json()["job_id"]
+    server.wait_state(job_id, DONE)
+    seen = json.loads(next(server.markers.glob("acme__env-*.start")).read_text())
+    assert "WEBHOOK_SECRET" not in seen["env_names"] and "SERVER_TEST_MARKERS" not in seen["env_names"]
+    assert {"PATH", "HF_TOKEN", "HF_ENDPOINT", "HF_HUB_DISABLE_XET"} <= set(seen["env_names"])
+    assert seen["token"] == TOKEN and seen["rlimit_as"] > 0  # the token travels in the job; a memory limit is set
+
+
+def test_allow_patterns_name_whole_owners(fresh, tmp_path):
+    for pattern in ("acme*", "*/model", "ac?me/*"):
+        proc = subprocess.run([*server_command(), "--port", "0", "--state-dir", str(tmp_path / "unused"),
+                               "--allow", pattern], cwd=REPO_ROOT,
+                              env={**os.environ, "WEBHOOK_SECRET": SECRET}, capture_output=True, text=True,
+                              timeout=30)
+        assert proc.returncode == 2 and "the owner must be a whole owner name" in proc.stderr, proc.stderr
+    proc = fresh("--allow", "acme", "--allow", "other/bert-*").start()
+    assert proc.post(push("ACME/anything", sha(26))).status_code == 202
+    assert proc.post(push("other/bert-base", sha(27))).status_code == 202
+    for repo in ("acme-evil/model", "other/roberta", "evil/acme"):
+        response = proc.post(push(repo, sha(28)))
+        assert response.json()["status"] == "ignored" and "does not match --allow" in response.json()["reason"]
+
+
+def test_the_state_dir_is_private_and_a_loose_one_is_tightened(fresh):
+    proc = fresh().start()
+    assert stat.S_IMODE(proc.state_dir.stat().st_mode) == 0o700
+    proc.post(push("acme/model", sha(29)))
+    for path in proc.state_dir.iterdir():
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert proc.signal(signal.SIGTERM) == 0
+
+    loose = fresh()
+    loose.state_dir.mkdir(parents=True)
+    (loose.state_dir / "jobs.sqlite3").write_bytes(b"")
+    os.chmod(loose.state_dir / "jobs.sqlite3", 0o644)
+    os.chmod(loose.state_dir, 0o755)
+    loose.start()
+    assert stat.S_IMODE(loose.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((loose.state_dir / "jobs.sqlite3").stat().st_mode) == 0o600
+    assert "the state dir was readable by other users; made it private" in loose.log.read_text()
+
+
 def test_a_second_server_on_the_same_state_dir_is_refused(server):
     proc = subprocess.run([*server_command(), "--port", "0", "--state-dir", str(server.state_dir)], cwd=REPO_ROOT,
                           env=server.env, capture_output=True, text=True, timeout=60)
@@ -311,19 +420,38 @@ def test_kill_9_during_a_running_job_loses_nothing_and_runs_the_job_to_completio
     assert_no_secrets(server)
 
 
-def test_sigterm_lets_a_short_job_finish_requeues_a_long_one_and_exits_0(fresh):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_let_a_short_job_finish_requeue_a_long_one_and_exit_0(fresh, signum):
     server = fresh("--workers", "2", "--shutdown-grace", "3").start()
     short = server.post(push("acme/sleep-1", sha(40))).json()["job_id"]
     long = server.post(push("acme/sleep-60", sha(41))).json()["job_id"]
     wait_for(lambda: server.marker_count("acme/sleep-1", "start") and server.marker_count("acme/sleep-60", "start"))
-    assert server.signal(signal.SIGTERM, timeout=30) == 0  # well before the long job could have finished
+    assert server.signal(signum, timeout=30) == 0  # well before the long job could have finished
     queue = JobQueue(server.state_dir / "jobs.sqlite3")
     assert queue.get(short).state == DONE
     job = queue.get(long)
     assert (job.state, job.attempts) == (QUEUED, 0) and "the server shut down" in job.message
     assert server.marker_count("acme/sleep-60", "done") == 0
+    assert list((server.state_dir / "work").iterdir()) == []
     log = server.log.read_text()
-    assert "stopped (SIGTERM)" in log and "Traceback" not in log
+    assert f"stopped ({signum.name})" in log and "Traceback" not in log
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_is_handled_like_one_to_the_server(fresh, signum):
+    """A terminal's Ctrl-C or a service manager signals every process of the group: the export must not die of it
+    (that would count an attempt and start the job again during the shutdown); the server decides."""
+    server = fresh("--shutdown-grace", "1").start()
+    job_id = server.post(push("acme/sleep-60", sha(42))).json()["job_id"]
+    marker = wait_for(lambda: next(server.markers.glob("acme__sleep-60-*.start"), None))
+    child_pid = int(marker.name.split("-")[-2])
+    assert server.signal(signum, group=True) == 0
+    job = JobQueue(server.state_dir / "jobs.sqlite3").get(job_id)
+    assert (job.state, job.attempts) == (QUEUED, 0) and "the server shut down" in job.message
+    assert server.marker_count("acme/sleep-60", "start") == 1
+    wait_for(lambda: not _alive(child_pid), timeout=5)
+    assert list((server.state_dir / "work").iterdir()) == []
+    assert f"stopped ({signum.name})" in server.log.read_text()
 
 
 def _alive(pid: int) -> bool:

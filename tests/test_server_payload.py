@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from bot.server.payload import (Accepted, Ignored, InvalidPayload, MalformedJSON, decide, parse_delivery,
-                                repo_allowed)
+from bot.server.payload import (Accepted, Ignored, InvalidPayload, MalformedJSON, decide, parse_allow,
+                                parse_delivery, repo_allowed)
 
 NEW, OLD = "a" * 40, "b" * 40
 
@@ -38,18 +38,18 @@ def decision(allow=(), **changes):
 
 
 def test_push_to_main_of_a_model_repo_is_accepted_with_new_sha():
-    assert decision() == Accepted("acme/tiny-bert", NEW, OLD, private=False)
+    assert decision() == Accepted("acme/tiny-bert", NEW, private=False)
 
 
 def test_accepted_fields_come_from_updated_refs_not_head_sha():
     other = "c" * 40
     result = decision(repo__headSha=other, repo__private=True)
-    assert result == Accepted("acme/tiny-bert", NEW, OLD, private=True)
+    assert result == Accepted("acme/tiny-bert", NEW, private=True)
 
 
 def test_uppercase_sha_is_normalised_and_unknown_fields_are_ignored():
     result = decision(updatedRefs=[{"ref": "refs/heads/main", "newSha": NEW.upper(), "extra": 1}], future={"x": 1})
-    assert result == Accepted("acme/tiny-bert", NEW, None, private=False)
+    assert result == Accepted("acme/tiny-bert", NEW, private=False)
 
 
 @pytest.mark.parametrize("changes, reason", [
@@ -81,9 +81,9 @@ def test_a_default_branch_in_the_payload_is_honoured():
     assert isinstance(decision(repo__defaultBranch="trunk"), Ignored)
 
 
-def test_a_created_branch_has_no_previous_sha():
+def test_a_created_branch_is_accepted_without_an_old_sha():
     refs = [{"ref": "refs/heads/main", "oldSha": "0" * 40, "newSha": NEW}]
-    assert decision(updatedRefs=refs).previous_sha is None
+    assert decision(updatedRefs=refs) == Accepted("acme/tiny-bert", NEW, private=False)
 
 
 @pytest.mark.parametrize("allow, repo, served", [
@@ -94,6 +94,15 @@ def test_a_created_branch_has_no_previous_sha():
     (("acme/*",), "other/model", False),
     (("other/*", "acme/tiny-*"), "acme/tiny-bert", True),
     (("acme/bert",), "acme/bert-large", False),
+    (("acme",), "acme/tiny-bert", True),
+    (("acme",), "Acme/Tiny-Bert", True),
+    (("acme",), "acme-evil/model", False),
+    (("acme",), "evil/acme", False),
+    (("ACME/Tiny-*",), "acme/tiny-bert", True),
+    (("acme/*bert",), "acme/tiny-bert", True),
+    (("acme/*",), "acmeX/model", False),
+    (("acme*",), "acme-evil/model", False),  # refused by the CLI; never a prefix match if it gets here
+    (("*/model",), "acme/model", False),
 ])
 def test_allow_patterns(allow, repo, served):
     assert repo_allowed(repo, allow) is served
@@ -101,6 +110,17 @@ def test_allow_patterns(allow, repo, served):
     assert isinstance(result, Accepted) is served
     if not served:
         assert f"repo {repo} does not match --allow" in result.reason
+
+
+@pytest.mark.parametrize("pattern", ["acme*", "acme?", "*", "*/model", "[a]cme/*", "acme/a/b", "/x", "acme/", ""])
+def test_allow_patterns_name_a_whole_owner(pattern):
+    with pytest.raises(ValueError):
+        parse_allow(pattern)
+
+
+def test_allow_pattern_syntax():
+    assert parse_allow("acme") == ("acme", "*")
+    assert parse_allow("Acme/BERT-*") == ("acme", "bert-*")
 
 
 def test_filtering_by_scope_comes_before_allow():

@@ -112,11 +112,14 @@ class HubDelivery(_Lenient):
 
 @dataclass(frozen=True)
 class Accepted:
-    """A push to the default branch of an allowed model repo: export `sha`."""
+    """A push to the default branch of an allowed model repo: export `sha`.
+
+    `oldSha` is not kept: a newer push supersedes every queued export of its repo whether or not the payload says what
+    the branch held before (see JobQueue.enqueue).
+    """
 
     repo_id: str
     sha: str
-    previous_sha: str | None  # what the branch pointed at before this push (lets a queued export of it be superseded)
     private: bool
 
 
@@ -141,9 +144,42 @@ def parse_delivery(body: bytes) -> HubDelivery:
         raise InvalidPayload(f"not a Hub webhook payload: {summary}", errors) from None
 
 
+_GLOB_CHARS = frozenset("*?[]")
+
+
+def parse_allow(pattern: str) -> tuple[str, str]:
+    """`OWNER` or `OWNER/NAME-GLOB` -> (owner, name glob); ValueError saying what to write instead.
+
+    The owner is a whole owner name, never a glob: `acme*` would also serve `acme-evil`, an owner anyone can create.
+    The name part may be a glob (`*`, `?`, `[...]`) and is matched against the whole repo name, never across a `/`.
+    """
+    owner, slash, name = pattern.partition("/")
+    if not slash:
+        name = "*"
+    if not owner or set(owner) & _GLOB_CHARS or not set(owner) <= _NAME_CHARS:
+        raise ValueError(f"{pattern!r}: the owner must be a whole owner name, such as 'acme' or 'acme/*' "
+                         "(no wildcards before the '/')")
+    if not name or "/" in name:
+        raise ValueError(f"{pattern!r}: write OWNER or OWNER/NAME, e.g. 'acme' or 'acme/bert-*'")
+    return owner.lower(), name.lower()
+
+
 def repo_allowed(repo_id: str, patterns: Sequence[str]) -> bool:
-    """fnmatch patterns over the whole 'owner/name', case-insensitive like Hub repo ids; no patterns: every repo."""
-    return not patterns or any(fnmatchcase(repo_id.lower(), p.lower()) for p in patterns)
+    """Whether an --allow pattern (see parse_allow) covers repo_id, case-insensitively like Hub repo ids.
+
+    No patterns: every repo. A pattern that does not parse matches nothing (the CLI refuses it before this runs).
+    """
+    if not patterns:
+        return True
+    owner, _, name = repo_id.lower().partition("/")
+    for pattern in patterns:
+        try:
+            allowed_owner, name_glob = parse_allow(pattern)
+        except ValueError:
+            continue
+        if owner == allowed_owner and fnmatchcase(name, name_glob):
+            return True
+    return False
 
 
 def decide(delivery: HubDelivery, allow: Sequence[str] = ()) -> Accepted | Ignored:
@@ -164,5 +200,4 @@ def decide(delivery: HubDelivery, allow: Sequence[str] = ()) -> Accepted | Ignor
         return Ignored(f"no update of {branch_ref} (updated: {refs})")
     if update.new_sha == DELETED_SHA:
         return Ignored(f"{branch_ref} was deleted")
-    previous = None if update.old_sha in (None, DELETED_SHA) else update.old_sha
-    return Accepted(repo.name, update.new_sha, previous, repo.private)
+    return Accepted(repo.name, update.new_sha, repo.private)

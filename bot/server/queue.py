@@ -8,10 +8,14 @@ connections. Writes use BEGIN IMMEDIATE, which takes the write lock up front: tw
 A job's life: queued -> running -> done | skipped | failed. `attempts` counts how many times it was started; a job
 whose run ended without a result (the worker's child process died, or the whole server was killed) goes back to
 queued until it has been started `max_attempts` times, then it is failed: a poison job cannot loop forever.
+
+Repo ids are compared case-insensitively everywhere (the Hub treats `Acme/Bert` and `acme/bert` as one repo), and the
+queue is bounded (QueueLimits): a flood of pushes is refused with a reason instead of growing the backlog without end.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -20,6 +24,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
+
+from bot.server.limits import QueueLimits
+from bot.server.redact import scrub_paths
 
 QUEUED, RUNNING, DONE, FAILED, SKIPPED = "queued", "running", "done", "failed", "skipped"
 STATES = (QUEUED, RUNNING, DONE, FAILED, SKIPPED)
@@ -43,7 +50,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     UNIQUE (repo_id, sha)
 );
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id);
+CREATE INDEX IF NOT EXISTS jobs_by_repo_nocase ON jobs (repo_id COLLATE NOCASE, sha);
 """
+# Repo ids are ASCII (payload.py checks them), so SQLite's ASCII-only NOCASE is exactly the Hub's case-insensitivity.
+_SAME_REPO = "repo_id = ? COLLATE NOCASE"
+_OWNER = "substr(repo_id, 1, instr(repo_id, '/') - 1)"
+PENDING_STATES = (QUEUED, RUNNING)
 
 
 @dataclass(frozen=True)
@@ -72,11 +84,13 @@ class JobRecord:
         return max(0.0, end - self.started_at)
 
     def to_json(self, *, redact_private: bool = False) -> dict:
-        """The API's view of a job; private repos' names and details are hidden unless the operator allowed them."""
+        """The API's view of a job: no local paths in messages (the status pages need no secret); private repos'
+        names and details are hidden unless the operator allowed them."""
         data = asdict(self)
         for key in ("created_at", "started_at", "finished_at"):
             data[key] = _iso(data[key])
         data["duration_s"] = None if self.duration is None else round(self.duration, 3)
+        data["message"] = scrub_paths(data["message"])
         if redact_private and self.private:
             data.update(repo_id="(private repo)", sha=None, message=None, pr_url=None)
         return data
@@ -96,6 +110,14 @@ class Enqueued:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """enqueue() took no job because a QueueLimits bound is reached; `limit` is "queue", "owner" or "repo"."""
+
+    limit: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Recovery:
     """Jobs found running at start-up: the server died under them."""
 
@@ -110,12 +132,16 @@ def _iso(ts: float | None) -> str | None:
 class JobQueue:
     """Durable jobs keyed by (repo_id, sha); see the module docstring for the states and the attempt rule."""
 
-    def __init__(self, path: Path, *, max_attempts: int = 3, clock: Callable[[], float] = time.time):
+    def __init__(self, path: Path, *, max_attempts: int = 3, limits: QueueLimits = QueueLimits(),
+                 clock: Callable[[], float] = time.time):
         self.path = Path(path)
         self.max_attempts = max_attempts
+        self.limits = limits
         self._clock = clock
         self._write_lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # private from the start (jobs name private repos); SQLite gives its -wal and -shm files the same mode
+        os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")  # persistent: readers never block the writer
             conn.executescript(_SCHEMA)
@@ -151,8 +177,7 @@ class JobQueue:
 
     # --- writes -----------------------------------------------------------------------------------------------------
 
-    def enqueue(self, repo_id: str, sha: str, *, private: bool = False,
-                previous_sha: str | None = None) -> Enqueued:
+    def enqueue(self, repo_id: str, sha: str, *, private: bool = False) -> Enqueued | Refused:
         """Queue an export of repo_id@sha unless one exists. Redelivery policy, decided here in one place:
 
         - queued, running, done, or skipped as up to date: a duplicate, nothing changes;
@@ -160,9 +185,10 @@ class JobQueue:
           redelivery is a person pressing "replay" in the webhook settings (the Hub does not resend a delivery we
           acknowledged), which is exactly how one retries a failed export.
 
-        `previous_sha` is the branch's sha before this push: a still-queued job for it can no longer be what the
-        branch holds, so it is skipped as superseded instead of exported (a Trainer pushing every few minutes must
-        not queue an export per checkpoint).
+        A job that is queued makes every other still-queued job of its repo pointless: only the default branch is
+        exported, and it now holds `sha`. Those are skipped as superseded (a Trainer pushing every few minutes must not
+        queue an export per checkpoint); a running export is left to finish. The limits are checked as they will be
+        once that is done, under the write lock, so concurrent deliveries cannot overshoot them together.
         """
         with self._connect() as conn:  # fast path without the write lock: most redeliveries are plain duplicates
             row = self._lookup(conn, repo_id, sha)
@@ -171,32 +197,62 @@ class JobQueue:
         now = self._clock()
         with self._transaction(durable=True) as conn:
             row = self._lookup(conn, repo_id, sha)  # again, under the lock: it may have changed
+            if row is not None and not _requeueable(row):
+                return Enqueued(row["id"], "duplicate", row["state"])
+            stale = [r["id"] for r in conn.execute(f"SELECT id FROM jobs WHERE {_SAME_REPO} AND state = ?",
+                                                   (repo_id, QUEUED))]
+            refused = self._over_limit(conn, repo_id, len(stale))
+            if refused is not None:
+                return refused
+            if stale:
+                conn.execute(
+                    f"UPDATE jobs SET state = ?, finished_at = ?, result_status = ?, message = ? "
+                    f"WHERE id IN ({','.join('?' * len(stale))})",
+                    (SKIPPED, now, SUPERSEDED, f"superseded by a newer push ({sha[:7]})", *stale))
             if row is None:
                 job_id = conn.execute(
                     "INSERT INTO jobs (repo_id, sha, state, created_at, private) VALUES (?, ?, ?, ?, ?)",
                     (repo_id, sha, QUEUED, now, int(private))).lastrowid
-                if previous_sha and previous_sha != sha:
-                    conn.execute(
-                        "UPDATE jobs SET state = ?, finished_at = ?, result_status = ?, message = ? "
-                        "WHERE repo_id = ? AND sha = ? AND state = ?",
-                        (SKIPPED, now, SUPERSEDED, f"superseded by a newer push ({sha[:7]})", repo_id,
-                         previous_sha, QUEUED))
                 return Enqueued(job_id, "created", QUEUED)
-            if _requeueable(row):
-                conn.execute(
-                    "UPDATE jobs SET state = ?, attempts = 0, started_at = NULL, finished_at = NULL, message = ?, "
-                    "pr_url = NULL, result_status = NULL WHERE id = ?",
-                    (QUEUED, f"queued again by a redelivery (was {row['state']})", row["id"]))
-                return Enqueued(row["id"], "requeued", QUEUED)
-            return Enqueued(row["id"], "duplicate", row["state"])
+            conn.execute(
+                "UPDATE jobs SET state = ?, attempts = 0, started_at = NULL, finished_at = NULL, message = ?, "
+                "pr_url = NULL, result_status = NULL WHERE id = ?",
+                (QUEUED, f"queued again by a redelivery (was {row['state']})", row["id"]))
+            return Enqueued(row["id"], "requeued", QUEUED)
+
+    def _over_limit(self, conn: sqlite3.Connection, repo_id: str, superseded: int) -> Refused | None:
+        """The first bound one more job of repo_id would break, after `superseded` of its queued jobs are dropped."""
+        limits, owner = self.limits, repo_id.partition("/")[0]
+        pending = f"state IN ({','.join('?' * len(PENDING_STATES))})"
+        in_repo = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {pending} AND {_SAME_REPO}",
+                               (*PENDING_STATES, repo_id)).fetchone()[0] - superseded
+        if in_repo >= limits.max_pending_per_repo:
+            return Refused("repo", f"{repo_id} already has {in_repo} export(s) queued or running "
+                                   f"(--max-pending-per-repo {limits.max_pending_per_repo})")
+        of_owner = conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {pending} AND {_OWNER} = ? COLLATE NOCASE",
+                                (*PENDING_STATES, owner)).fetchone()[0] - superseded
+        if of_owner >= limits.max_pending_per_owner:
+            return Refused("owner", f"{owner} already has {of_owner} exports queued or running "
+                                    f"(--max-pending-per-owner {limits.max_pending_per_owner})")
+        waiting = conn.execute("SELECT COUNT(*) FROM jobs WHERE state = ?", (QUEUED,)).fetchone()[0] - superseded
+        if waiting >= limits.max_queued:
+            return Refused("queue", f"the queue is full: {waiting} exports are waiting (--max-queued "
+                                    f"{limits.max_queued})")
+        return None
 
     def claim(self) -> JobRecord | None:
-        """Atomically take the oldest queued job and mark it running (one statement under the write lock)."""
+        """Atomically take the oldest queued job and mark it running (one statement under the write lock).
+
+        A job whose repo already has an export running waits for it: two exports of one repo at once would race to
+        open the repo's one bot PR.
+        """
         with self._transaction() as conn:
             rows = conn.execute(
                 "UPDATE jobs SET state = ?, started_at = ?, finished_at = NULL, attempts = attempts + 1 "
-                "WHERE id = (SELECT id FROM jobs WHERE state = ? ORDER BY id LIMIT 1) AND state = ? RETURNING *",
-                (RUNNING, self._clock(), QUEUED, QUEUED)).fetchall()  # fetch all: RETURNING finishes on the last row
+                "WHERE id = (SELECT id FROM jobs AS q WHERE state = ? AND NOT EXISTS ("
+                "  SELECT 1 FROM jobs AS r WHERE r.state = ? AND r.repo_id = q.repo_id COLLATE NOCASE) "
+                "ORDER BY id LIMIT 1) AND state = ? RETURNING *",
+                (RUNNING, self._clock(), QUEUED, RUNNING, QUEUED)).fetchall()  # all: RETURNING ends on the last row
         return _record(rows[0]) if rows else None
 
     def finish(self, job_id: int, state: str, *, message: str | None = None, pr_url: str | None = None,
@@ -250,7 +306,7 @@ class JobQueue:
 
     def find(self, repo_id: str, sha: str) -> JobRecord | None:
         with self._connect() as conn:
-            row = conn.execute("SELECT * FROM jobs WHERE repo_id = ? AND sha = ?", (repo_id, sha)).fetchone()
+            row = conn.execute(f"SELECT * FROM jobs WHERE {_SAME_REPO} AND sha = ?", (repo_id, sha)).fetchone()
         return _record(row) if row else None
 
     def recent(self, limit: int = 50, state: str | None = None) -> list[JobRecord]:
@@ -270,7 +326,7 @@ class JobQueue:
 
     @staticmethod
     def _lookup(conn: sqlite3.Connection, repo_id: str, sha: str) -> sqlite3.Row | None:
-        return conn.execute("SELECT id, state, result_status FROM jobs WHERE repo_id = ? AND sha = ?",
+        return conn.execute(f"SELECT id, state, result_status FROM jobs WHERE {_SAME_REPO} AND sha = ?",
                             (repo_id, sha)).fetchone()
 
     @staticmethod

@@ -1,7 +1,6 @@
-"""`hub-export-bot serve`: options, environment, state-dir lock, and uvicorn.
+"""`hub-export-bot serve`: options, environment, and running uvicorn over a private, locked state dir.
 
-Kept free of heavy imports at module level: the worker's `spawn` children re-import the main module, and when the
-server runs as `python -m bot.server.serve` that is this one.
+Kept free of heavy imports at module level: the CLI imports it for every command, and most commands are not `serve`.
 """
 
 from __future__ import annotations
@@ -10,6 +9,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -17,10 +17,35 @@ from pathlib import Path
 from typing import Mapping
 
 from bot.errors import UsageError
+from bot.server.limits import HttpLimits, QueueLimits
 
 log = logging.getLogger("bot.server")
 
 DEFAULT_STATE_DIR = Path("hub-export-bot-state")
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'1M', '512K', '8G', '1.5GiB' or plain bytes -> bytes (binary units). For argparse."""
+    match = _SIZE.fullmatch(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size; write e.g. 512K, 1M or 8G")
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " kmgt".index(unit.lower() or " "))
+
+
+def parse_memory(text: str) -> int:
+    """--child-memory: a size, or 0 / 'none' for no limit (returned as 0)."""
+    return 0 if text.strip().lower() in ("0", "none", "unlimited") else parse_size(text)
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be positive")
+        return value
+    return parse
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,18 +56,51 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
                         help="exports run at the same time (default 1: exports are CPU- and memory-heavy)")
     parser.add_argument("--allow", action="extend", nargs="+", default=[], metavar="PATTERN",
-                        help="only serve repos matching these fnmatch patterns over 'owner/name', e.g. 'acme/*' "
-                             "(repeatable; default: every repo whose webhook knows the secret)")
+                        help="only serve these repos: OWNER (every repo of that user or organisation) or "
+                             "OWNER/NAME where NAME may be a glob, e.g. 'acme' or 'acme/bert-*'; the owner is a whole "
+                             "name, never a glob (repeatable; default: every repo whose webhook knows the secret)")
     parser.add_argument("--job-timeout", type=float, default=3600.0, metavar="SECONDS",
                         help="stop an export running longer than this and fail its job (default 3600)")
     parser.add_argument("--shutdown-grace", type=float, default=8.0, metavar="SECONDS",
-                        help="on SIGTERM, how long a running export may take to finish before it is stopped and "
-                             "re-queued (default 8)")
+                        help="on SIGTERM or SIGINT, how long a running export may take to finish before it is "
+                             "stopped and re-queued (default 8)")
     parser.add_argument("--max-attempts", type=int, default=3,
-                        help="a job whose export process dies this many times is failed (default 3)")
+                        help="a job whose export process dies this many times for an unknown reason is failed; out of "
+                             "memory, disk full and killed are failed at once (default 3)")
     parser.add_argument("--show-private", action="store_true",
                         help="show private repos' names and messages on / and /jobs (hidden by default: those "
                              "pages need no secret)")
+    limits = parser.add_argument_group("limits (see README: Security and failure modes)")
+    limits.add_argument("--max-body-size", type=parse_size, default=HttpLimits.max_body_bytes, metavar="SIZE",
+                        help="largest delivery body; a larger declared Content-Length is refused with 413 before "
+                             "reading (default 1M)")
+    limits.add_argument("--body-timeout", type=_positive(float), default=HttpLimits.body_timeout, metavar="SECONDS",
+                        help="a body not fully received this long after its headers is cut with 408 (default 10)")
+    limits.add_argument("--header-timeout", type=_positive(float), default=HttpLimits.header_timeout,
+                        metavar="SECONDS", help="a connection that has not sent complete request headers this long "
+                                                "after opening (or after its last response) is closed (default 10)")
+    limits.add_argument("--keep-alive-timeout", type=_positive(float), default=HttpLimits.keep_alive_timeout,
+                        metavar="SECONDS", help="an idle kept-alive connection is closed after this (default 5)")
+    limits.add_argument("--max-connections", type=_positive(int), default=HttpLimits.max_connections, metavar="N",
+                        help="open connections at once; requests beyond are answered 503, and beyond half of it the "
+                             "connection silent for longest is closed (default 100)")
+    limits.add_argument("--max-header-size", type=parse_size, default=HttpLimits.max_header_bytes, metavar="SIZE",
+                        help="request line and headers together; larger is answered 400 (default 8K)")
+    limits.add_argument("--max-queued", type=_positive(int), default=QueueLimits.max_queued, metavar="N",
+                        help="exports waiting, all repos; a push beyond is answered 503 (default 100)")
+    limits.add_argument("--max-pending-per-owner", type=_positive(int), default=QueueLimits.max_pending_per_owner,
+                        metavar="N", help="exports queued or running per user or organisation; beyond: 429 "
+                                          "(default 10)")
+    limits.add_argument("--max-pending-per-repo", type=_positive(int), default=QueueLimits.max_pending_per_repo,
+                        metavar="N", help="exports queued or running per repo; beyond: 429 (default 2: one running, "
+                                          "the newest push waiting)")
+    limits.add_argument("--child-memory", type=parse_memory, default=None, metavar="SIZE",
+                        help="address-space limit of each export process, e.g. 16G; 0 for none (default: three "
+                             "quarters of the machine's memory divided by --workers, at least 2G)")
+    limits.add_argument("--child-env", action="extend", nargs="+", default=[], metavar="NAME",
+                        help="also pass these environment variables to export processes (e.g. HTTPS_PROXY, HF_HOME); "
+                             "by default they get only PATH, HOME, HF_TOKEN, HF_ENDPOINT, HF_HUB_*, LANG, LC_*, "
+                             "TMPDIR and PYTHON*; WEBHOOK_SECRET never")
     parser.add_argument("--runner", help=argparse.SUPPRESS)  # module:function replacing publish (tests, benchmarks)
 
 
@@ -73,6 +131,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]):
     """Options and environment -> ServerSettings, or a UsageError that says what to fix."""
     from bot.hub import DEFAULT_ENDPOINT
     from bot.server.app import ServerSettings
+    from bot.server.child import default_child_memory
+    from bot.server.payload import parse_allow
 
     secret = environ.get("WEBHOOK_SECRET", "")
     if not secret.strip():
@@ -86,34 +146,27 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]):
         raise UsageError("--job-timeout must be positive and --shutdown-grace not negative")
     if args.max_attempts < 1:
         raise UsageError(f"--max-attempts {args.max_attempts}: need at least 1")
-    if any("/" not in p and "*" not in p for p in args.allow):
-        bad = next(p for p in args.allow if "/" not in p and "*" not in p)
-        raise UsageError(f"--allow {bad!r} would match no repo id; use a pattern over 'owner/name' such as {bad}/*")
+    for pattern in args.allow:
+        try:
+            parse_allow(pattern)
+        except ValueError as exc:
+            raise UsageError(f"--allow {exc}") from None
+    if "WEBHOOK_SECRET" in args.child_env:
+        raise UsageError("--child-env WEBHOOK_SECRET: the secret is never passed to export processes")
+    if args.max_body_size < 1 or args.max_header_size < 1024:
+        raise UsageError("--max-body-size must be positive and --max-header-size at least 1K")
+    http = HttpLimits(max_body_bytes=args.max_body_size, body_timeout=args.body_timeout,
+                      header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                      max_connections=args.max_connections, max_header_bytes=args.max_header_size)
+    queue_limits = QueueLimits(max_queued=args.max_queued, max_pending_per_owner=args.max_pending_per_owner,
+                               max_pending_per_repo=args.max_pending_per_repo)
+    child_memory = default_child_memory(args.workers) if args.child_memory is None else args.child_memory or None
     return ServerSettings(secret=secret, state_dir=Path(args.state_dir).resolve(),
                           hf_endpoint=(environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
                           hf_token=environ.get("HF_TOKEN") or None, allow=tuple(args.allow), workers=args.workers,
                           job_timeout=args.job_timeout, shutdown_grace=args.shutdown_grace,
-                          max_attempts=args.max_attempts, show_private=args.show_private)
-
-
-def _lock_state_dir(state_dir: Path):
-    """One server per state dir: a second one would 'recover' the first one's running jobs and run them twice."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(state_dir / "server.lock", "a+")
-    except OSError as exc:
-        raise UsageError(f"cannot use --state-dir {state_dir}: {exc.strerror}; choose a writable directory") from None
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, the docs say one server per state dir
-        return handle
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        raise UsageError(f"another hub-export-bot server is using {state_dir}; stop it or choose another "
-                         "--state-dir") from None
-    return handle  # held (and locked) until the process exits, however it exits
+                          max_attempts=args.max_attempts, show_private=args.show_private, http=http,
+                          queue_limits=queue_limits, child_memory=child_memory, child_env=tuple(args.child_env))
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -131,40 +184,34 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _configure_logging(debug: bool) -> None:
-    """A server's log needs timestamps; our INFO lines (deliveries, jobs) are shown, libraries stay at WARNING."""
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.WARNING)
-    for handler in root.handlers:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("bot").setLevel(logging.DEBUG if debug else logging.INFO)
-    if debug:
-        logging.getLogger("uvicorn").setLevel(logging.INFO)
-
-
 def run_server(args: argparse.Namespace) -> int:
     """Run until SIGTERM or SIGINT; exit 0 after an orderly shutdown. Raises UsageError for bad options."""
     import uvicorn
 
     from bot.server.app import create_app
+    from bot.server.logs import configure_logging
+    from bot.server.outcomes import format_size
+    from bot.server.state import lock_state_dir, set_private_umask
+    from bot.server.transport import uvicorn_config
 
     settings = settings_from(args, os.environ)
-    _configure_logging(getattr(args, "debug", False))
+    debug = getattr(args, "debug", False)
+    configure_logging(debug)
     runner = load_runner(args.runner) if args.runner else None
-    lock = _lock_state_dir(settings.state_dir)
+    set_private_umask()
+    lock = lock_state_dir(settings.state_dir)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
     app = create_app(settings, runner)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=getattr(args, "debug", False),
-                                           lifespan="on", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn_config(app, settings.http, access_log=debug))
     if not settings.hf_token:
         log.warning("HF_TOKEN is not set: only public repos can be read and no PR can be opened")
     if not settings.allow:
         log.warning("no --allow: every model repo whose webhook knows the secret is served")
     shown_host = f"[{host}]" if ":" in host else host
-    log.info("listening on http://%s:%d (state dir %s, %d worker(s), endpoint %s%s)", shown_host, port,
-             settings.state_dir, settings.workers, settings.hf_endpoint,
+    memory = format_size(settings.child_memory) if settings.child_memory else "no limit"
+    log.info("listening on http://%s:%d (state dir %s, %d worker(s) with %s each, endpoint %s%s)", shown_host, port,
+             settings.state_dir, settings.workers, memory, settings.hf_endpoint,
              f", runner {args.runner}" if args.runner else "")
 
     received: list[int] = []

@@ -1,17 +1,21 @@
 """Worker threads that drain the job queue, each job in a child process that can be stopped.
 
-Why a child process per job: an export is CPU- and memory-heavy and can hang or be killed by the OOM killer. A thread
-cannot be stopped from outside; a process can. So each job runs in a fresh `spawn` child (no state inherited from the
-server's threads), the child sends back a small JobOutcome through a pipe, and the worker thread only waits:
+Why a child process per job: an export is CPU- and memory-heavy and can hang or run out of memory. A thread cannot be
+stopped from outside; a process can. So each job runs in a fresh child (child.py: a small environment, a memory
+limit), the child sends back a small JobOutcome through a socket pair, and the worker thread only waits:
 
 - an outcome arrives              -> the job is finished as done / skipped / failed;
-- the child dies without one      -> a crash: the job goes back to the queue until it has used up its attempts;
-- the per-job timeout is reached  -> the child is terminated and the job is failed (a retry would time out again);
-- the server shuts down (SIGTERM) -> the job may finish within the grace period, else the child is terminated and
-                                     the job goes back to queued without counting an attempt.
+- the child dies without one      -> outcomes.outcome_from_death: out of memory, disk full or killed is failed at
+                                     once (a retry would end the same way); an unknown cause goes back to the queue
+                                     until the job has used up its attempts;
+- the per-job timeout is reached  -> the child is killed and the job is failed (a retry would time out again);
+- the server shuts down (SIGTERM) -> the job may finish within the grace period, else the child is killed and the
+                                     job goes back to queued without counting an attempt.
 
-The child asks the kernel to kill it when the server dies (Linux PR_SET_PDEATHSIG; a watchdog thread elsewhere), so
-a kill -9 of the server cannot leave an orphan export that would run the job a second time next to the re-queued one.
+The child runs in a session of its own and ignores SIGINT and SIGTERM: a signal to the server's process group, from a
+terminal or a service manager, is the server's to act on (it lets the job finish or re-queues it). The child dies
+with the server (PR_SET_PDEATHSIG), so a kill -9 of the server cannot leave an orphan export that would run the job a
+second time next to the re-queued one. The server stops a child with SIGKILL: the worker removes its work dir anyway.
 
 The runner has the signature of `bot.publish.publish`; it must be importable by name (a module-level function),
 because it is pickled to the child.
@@ -20,58 +24,28 @@ because it is pickled to the child.
 from __future__ import annotations
 
 import atexit
+import collections
 import logging
-import multiprocessing
 import os
 import shutil
-import signal
+import subprocess
 import sys
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
 from multiprocessing import connection as mp_connection
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
-from bot.errors import BotError
-from bot.job import DRY_RUN, OPENED, UP_TO_DATE, UPDATED, PublishJob, PublishResult
-from bot.job import FAILED as RESULT_FAILED
-from bot.server.queue import DONE, FAILED, SKIPPED, JobQueue, JobRecord
+from bot.job import PublishJob, PublishResult
+from bot.server.child import CHILD_COMMAND, ChildTask, child_environment, oom_kill_count
+from bot.server.outcomes import FAILED, Crashed, Interrupted, JobOutcome, outcome_from_death
+from bot.server.queue import JobQueue, JobRecord
 
 log = logging.getLogger(__name__)
 
 Runner = Callable[..., PublishResult]  # (job, *, endpoint, token, work_dir, progress) like bot.publish.publish
 
-# PublishResult.status -> job state (bot.job holds both without importing torch, which bot.publish pulls in)
-STATE_BY_RESULT_STATUS = {OPENED: DONE, UPDATED: DONE, DRY_RUN: DONE, UP_TO_DATE: SKIPPED, RESULT_FAILED: FAILED}
-
-MAX_MESSAGE = 1000  # characters of an error message kept in the job row and shown on the page
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """What a finished run means for the job row; `detail` (a traceback) goes to the log only."""
-
-    state: str
-    message: str
-    pr_url: str | None = None
-    result_status: str | None = None
-    detail: str | None = None
-
-
-@dataclass(frozen=True)
-class Crashed:
-    """The run ended without an outcome; the job is retried until it has used up its attempts."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Interrupted:
-    """The server stopped the run while shutting down; the job goes back to queued, no attempt counted."""
-
-    reason: str
+STDERR_TAIL_LINES = 20  # of a child's stderr kept to name the cause of its death
 
 
 def run_publish(job: PublishJob, *, endpoint: str, token: str | None, work_dir: Path,
@@ -82,90 +56,6 @@ def run_publish(job: PublishJob, *, endpoint: str, token: str | None, work_dir: 
     return publish(job, endpoint=endpoint, token=token, work_dir=work_dir, progress=progress)
 
 
-def outcome_from_result(result: PublishResult) -> JobOutcome:
-    """Map a PublishResult (only .status, .message and .pr_url are read) to the job's final state and message."""
-    status = result.status
-    state = STATE_BY_RESULT_STATUS.get(status)
-    if state is None:
-        return JobOutcome(FAILED, f"the runner returned an unknown status {status!r}", None, str(status))
-    if state == SKIPPED:
-        return JobOutcome(SKIPPED, "up to date", result.pr_url, status)
-    default = f"{status} {result.pr_url or ''}".strip() if state == DONE else "the export failed"
-    return JobOutcome(state, _clip(result.message or default), result.pr_url, status)
-
-
-def outcome_from_exception(exc: BaseException) -> JobOutcome:
-    """A BotError's message already says what to do; anything else is named by its type. Tracebacks go to the log."""
-    if isinstance(exc, BotError):
-        return JobOutcome(FAILED, _clip(str(exc) or type(exc).__name__), result_status="error")
-    message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return JobOutcome(FAILED, _clip(message), result_status="error", detail=detail)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
-
-
-# --- the child process ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ChildTask:
-    """Everything the child needs, pickled to it by multiprocessing (through a pipe: never on a command line)."""
-
-    runner: Runner
-    job: PublishJob
-    job_id: int
-    endpoint: str
-    token: str | None = field(repr=False)
-    work_dir: Path
-    log_level: int
-    parent_pid: int
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Make sure this child does not outlive the server (which would let a job run twice after a restart).
-
-    The kernel ties PR_SET_PDEATHSIG to the thread that started the child: a worker thread, which lives as long as
-    the server and outlives its children in an orderly stop.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0:  # PR_SET_PDEATHSIG
-                if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(1)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
-
-
-def _child_main(task: ChildTask, conn: mp_connection.Connection) -> None:
-    _die_with_parent(task.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle: it decides finish or re-queue
-    logging.basicConfig(level=logging.WARNING,
-                        format=f"%(asctime)s %(levelname)s %(name)s [job {task.job_id}]: %(message)s")
-    logging.getLogger("bot").setLevel(task.log_level)
-    job_log = logging.getLogger("bot.server.job")
-    try:
-        result = task.runner(task.job, endpoint=task.endpoint, token=task.token, work_dir=task.work_dir,
-                             progress=job_log.info)
-        outcome = outcome_from_result(result)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes the job's message
-        outcome = outcome_from_exception(exc)
-    conn.send(outcome)
-    conn.close()
-
-
 # --- the worker threads ---------------------------------------------------------------------------------------------
 
 class WorkerPool:
@@ -173,7 +63,7 @@ class WorkerPool:
 
     def __init__(self, queue: JobQueue, runner: Runner, *, endpoint: str, token: str | None, work_root: Path,
                  workers: int = 1, job_timeout: float = 3600.0, shutdown_grace: float = 8.0,
-                 poll_interval: float = 1.0):
+                 poll_interval: float = 1.0, child_memory: int | None = None, child_env: Iterable[str] = ()):
         self.queue = queue
         self.runner = runner
         self.endpoint = endpoint
@@ -183,12 +73,13 @@ class WorkerPool:
         self.job_timeout = job_timeout
         self.shutdown_grace = shutdown_grace
         self.poll_interval = poll_interval
-        self._context = multiprocessing.get_context("spawn")
+        self.child_memory = child_memory
+        self.child_env = tuple(child_env)
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._stop_deadline = float("inf")
-        self._children: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._children: dict[int, subprocess.Popen] = {}
         self._children_lock = threading.Lock()
 
     def __repr__(self) -> str:  # never show the token
@@ -197,7 +88,7 @@ class WorkerPool:
     def start(self) -> None:
         """Start the threads; the server owns the state dir, so work dirs left by a killed run are removed first."""
         shutil.rmtree(self.work_root, ignore_errors=True)
-        atexit.register(self._kill_children)  # runs before multiprocessing's own exit hook, which would join them
+        atexit.register(self._kill_children)  # a server leaving by an exception leaves no export behind
         for index in range(self.workers):
             thread = threading.Thread(target=self._loop, name=f"export-worker-{index}", daemon=True)
             thread.start()
@@ -275,68 +166,87 @@ class WorkerPool:
         task = ChildTask(runner=self.runner,
                          job=PublishJob(repo_id=record.repo_id, revision=record.sha, trigger="webhook"),
                          job_id=record.id, endpoint=self.endpoint, token=self._token, work_dir=work_dir,
-                         log_level=logging.getLogger("bot").getEffectiveLevel(), parent_pid=os.getpid())
-        receiver, sender = self._context.Pipe(duplex=False)
-        process = self._context.Process(target=_child_main, args=(task, sender), name=f"export-job-{record.id}")
-        with self._children_lock:
-            process.start()
-            self._children[record.id] = process
-        sender.close()
+                         log_level=logging.getLogger("bot").getEffectiveLevel())
+        ours, theirs = mp_connection.Pipe(duplex=True)
+        oom_kills = oom_kill_count()
         try:
-            return self._wait(process, receiver)
+            with self._children_lock:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", CHILD_COMMAND, str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                    env=child_environment(os.environ, self.child_env), stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE, start_new_session=True)
+                self._children[record.id] = process
         finally:
-            receiver.close()
+            theirs.close()
+        tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        relay = threading.Thread(target=_relay_stderr, args=(process.stderr, tail), daemon=True,
+                                 name=f"export-job-{record.id}-stderr")
+        relay.start()
+        try:
+            ours.send({"sys_path": list(sys.path), "memory_limit": self.child_memory, "parent_pid": os.getpid()})
+            ours.send(task)
+            ended = self._wait(process, ours)
+            if isinstance(ended, int):  # died without an outcome: name the cause from its last words
+                relay.join(timeout=5)
+                return outcome_from_death(ended, list(tail), oom_kill_count() - oom_kills, self.child_memory)
+            return ended
+        except (BrokenPipeError, ConnectionResetError):  # it died before it read the job
+            process.wait(timeout=10)
+            relay.join(timeout=5)
+            return outcome_from_death(process.returncode, list(tail), oom_kill_count() - oom_kills,
+                                      self.child_memory)
+        finally:
+            ours.close()
             with self._children_lock:
                 self._children.pop(record.id, None)
-            process.join(timeout=10)
-            if process.is_alive():
-                _terminate(process)
-            if not process.is_alive():
-                process.close()
+            _kill(process)
+            relay.join(timeout=5)
 
-    def _wait(self, process, receiver) -> JobOutcome | Crashed | Interrupted:
+    def _wait(self, process: subprocess.Popen, conn) -> JobOutcome | Interrupted | int:
+        """The child's outcome, its exit status if it died without one, or what the server did to it."""
         deadline = time.monotonic() + self.job_timeout
         while True:
-            ready = mp_connection.wait([receiver, process.sentinel], timeout=0.2)
-            if receiver in ready:
+            if conn.poll(0.2):
                 try:
-                    return receiver.recv()
-                except EOFError:  # the child closed the pipe without an outcome: it died
-                    ready.append(process.sentinel)
-            if process.sentinel in ready:
-                process.join(timeout=5)
-                return Crashed(f"the export process died ({_exit_description(process.exitcode)})")
+                    return conn.recv()
+                except EOFError:  # it closed its end without an outcome: it is dying
+                    return process.wait(timeout=10)
+            if (code := process.poll()) is not None:
+                return code
             now = time.monotonic()
             if now >= deadline:
-                _terminate(process)
+                _kill(process)
                 return JobOutcome(FAILED, f"timed out after {self.job_timeout:g} s (--job-timeout); the export "
                                           "was stopped", result_status="timeout")
             if self._stopping.is_set() and now >= self._stop_deadline:
-                _terminate(process)
+                _kill(process)
                 return Interrupted("re-queued: the server shut down before the job finished")
 
     def _kill_children(self) -> None:
         with self._children_lock:
             for process in list(self._children.values()):
-                if process.is_alive():
+                if process.poll() is None:
                     process.kill()
 
 
-def _terminate(process) -> None:
-    """SIGTERM, then SIGKILL if the export ignores it."""
-    process.terminate()
-    process.join(timeout=5)
-    if process.is_alive():
+def _kill(process: subprocess.Popen) -> None:
+    """SIGKILL and reap: the child ignores SIGTERM (see the module docstring) and has nothing to clean up."""
+    if process.poll() is None:
         process.kill()
-        process.join(timeout=5)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - a process in uninterruptible sleep
+        log.error("export process %d did not die after SIGKILL", process.pid)
 
 
-def _exit_description(code: int | None) -> str:
-    if code is None:
-        return "exit status unknown"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
+def _relay_stderr(stream, tail: collections.deque) -> None:
+    """Copy a child's stderr to the server's, keeping its last lines to tell why it died."""
+    with stream:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            tail.append(line.strip())
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # stderr closed: keep draining, or the child would block on a full pipe
+                pass
