@@ -2,7 +2,9 @@
 
 Safety rules live here because this is where repo content becomes code and tensors: a config that asks for custom
 code (`auto_map`) is refused, safetensors are preferred, and pickle weights load only when the user allowed it (and
-then with `weights_only=True`, which transformers applies).
+then with `weights_only=True`, which transformers applies). Before anything is built, every file read is checked to
+lie inside the checkpoint (bot.sources) and the model is sized against its weights and the memory budget
+(bot.budget).
 """
 
 from __future__ import annotations
@@ -11,48 +13,22 @@ import hashlib
 import inspect
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from bot import budget, sources
 from bot.errors import UnsafeCheckpointError, UsageError
 from bot.custom import resolve_support
 from bot.features import FEATURES, ModelSupport
+from bot.sources import SOURCE_FILE_PATTERNS, is_source_file, select_source_files  # noqa: F401  (public here too)
 
 log = logging.getLogger(__name__)
 
-# Files a checkpoint's exports depend on. Their hashes decide whether an earlier export is still up to date.
-SOURCE_FILE_PATTERNS = (
-    r"config\.json", r"generation_config\.json", r"preprocessor_config\.json", r"processor_config\.json",
-    r"tokenizer(_config)?\.json", r"special_tokens_map\.json", r"added_tokens\.json", r"vocab\.(txt|json)",
-    r"merges\.txt", r"[^/]*\.model", r"[^/]*\.safetensors", r"[^/]*\.safetensors\.index\.json",
-    r"pytorch_model[^/]*\.bin", r"pytorch_model\.bin\.index\.json",
-)
-_SOURCE_RE = re.compile("|".join(f"(?:{p})" for p in SOURCE_FILE_PATTERNS))
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                     "sentencepiece.bpe.model")
-
-
-# sentence-transformers: the module list and the pooling a model's embeddings really use (shown in the card).
-_SENTENCE_TRANSFORMERS_RE = re.compile(r"modules\.json|[0-9]+_Pooling/config\.json")
-
-
-def is_source_file(relative_path: str) -> bool:
-    """Files that define the model: top-level config, weights, tokenizer and preprocessor files, and the
-    sentence-transformers pooling configuration."""
-    if _SENTENCE_TRANSFORMERS_RE.fullmatch(relative_path):
-        return True
-    return "/" not in relative_path and bool(_SOURCE_RE.fullmatch(relative_path))
-
-
-def select_source_files(names: list[str]) -> list[str]:
-    """The files to download from a repo: source files, without pickle weights when safetensors exist."""
-    chosen = [n for n in names if is_source_file(n)]
-    if any(n.endswith(".safetensors") for n in chosen):
-        chosen = [n for n in chosen if not n.startswith("pytorch_model")]
-    return chosen
+CONFIG_SIZE_LIMIT = 16 * 1024**2  # config.json of a model with 20k labels is under 1 MB
 
 
 @dataclass
@@ -88,6 +64,8 @@ def read_config_dict(path: Path) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise UsageError(f"no config.json in {path}: point --model at a transformers checkpoint directory")
+    if config_file.stat().st_size > CONFIG_SIZE_LIMIT:
+        raise UsageError(f"{config_file} is larger than {CONFIG_SIZE_LIMIT >> 20} MiB; a config is a small file")
     try:
         data = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -102,9 +80,14 @@ def read_config_dict(path: Path) -> dict:
 
 
 def open_checkpoint(path: Path, source: str, revision: str | None = None, allow_pickle: bool = False) -> Checkpoint:
-    """Read a local checkpoint directory: config, weights files, tokenizer presence and source hashes."""
+    """Read a local checkpoint directory: config, weights files, tokenizer presence and source hashes.
+
+    The order is the safety argument: file names and locations are checked before any file is read, and the model
+    is sized (from the weights' headers and a meta-device build) before anything allocates its memory.
+    """
     if not path.is_dir():
         raise UsageError(f"checkpoint directory not found: {path}; pass an existing directory or a Hub repo id")
+    present = sources.source_files(path)
     data = read_config_dict(path)
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
@@ -112,32 +95,26 @@ def open_checkpoint(path: Path, source: str, revision: str | None = None, allow_
     if data["model_type"] not in CONFIG_MAPPING_NAMES:
         raise UsageError(f"unsupported architecture {data['model_type']!r}: transformers "
                          f"does not know this model type (custom code is not executed)")
+    budget.check_layer_counts(data)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False, local_files_only=True)
     except (ValueError, KeyError, TypeError, OSError) as exc:
         raise UsageError(f"unreadable config in {path}: {exc}") from exc
     support = resolve_support(config.model_type, config)
-    safetensors = sorted(path.glob("*.safetensors"))
-    pickles = sorted(path.glob("pytorch_model*.bin"))
-    if not safetensors and not pickles:
-        raise UsageError(f"no weights in {path}: expected model.safetensors (or pytorch_model.bin with --allow-pickle)")
-    if not safetensors and not allow_pickle:
-        raise UnsafeCheckpointError(
-            f"{path} has only pickle weights ({pickles[0].name}); pickle can run code when loaded. Convert the "
-            f"checkpoint to safetensors, or pass --allow-pickle to load it with torch.load(weights_only=True)")
+    names, uses_pickle = sources.weight_files(path, data, present, allow_pickle)
+    weights = [path / name for name in names]
+    budget.check_model(config, budget.stored_weights(weights, uses_pickle))
     return Checkpoint(
         path=path, source=source, revision=revision, config=config, support=support,
-        weights=safetensors or pickles, uses_pickle=not safetensors,
-        has_tokenizer=any((path / name).is_file() for name in _TOKENIZER_FILES),
-        source_files=hash_source_files(path),
+        weights=weights, uses_pickle=uses_pickle,
+        has_tokenizer=any(name in present for name in _TOKENIZER_FILES),
+        source_files={name: sha256_file(path / name) for name in present},
     )
 
 
 def hash_source_files(path: Path) -> dict[str, str]:
-    """sha256 of every source file, the same digest the Hub records for LFS files."""
-    files = sorted(path.iterdir()) + sorted(path.glob("*_Pooling/config.json"))
-    return {file.relative_to(path).as_posix(): sha256_file(file) for file in files
-            if file.is_file() and is_source_file(file.relative_to(path).as_posix())}
+    """sha256 of every source file, the same digest the Hub records for LFS files (each file checked first)."""
+    return {name: sha256_file(path / name) for name in sources.source_files(path)}
 
 
 def sha256_file(path: Path) -> str:
@@ -281,13 +258,50 @@ def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | 
 
 
 def load_tokenizer(checkpoint: Checkpoint):
-    """The checkpoint's tokenizer, or None when it has none (example inputs then come from the config)."""
+    """The checkpoint's tokenizer for real-text validation inputs, or None (example inputs then come from the config).
+
+    A malformed tokenizer.json, or a tokenizer whose ids the model cannot embed, is bad input: exports validated with
+    it would be used with it, and such ids crash the model. A tokenizer without a pad token (GPT-2 style) is not used
+    for the padded validation batch: which token pads is the model owner's choice, and the config-built padded inputs
+    test the same thing. A tokenizer transformers cannot load for other reasons (an optional library missing) is
+    skipped with a warning.
+    """
     if not checkpoint.has_tokenizer:
         return None
+    _check_tokenizer_json(checkpoint.path / "tokenizer.json")
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=False, local_files_only=True)
-    except (OSError, ValueError, TypeError) as exc:
-        log.warning("tokenizer in %s could not be loaded (%s); using inputs built from the config", checkpoint.path, exc)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path, trust_remote_code=False, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - any loader failure: validation does without real text
+        log.warning("tokenizer in %s could not be loaded (%s); using inputs built from the config", checkpoint.path,
+                    _first_line(exc))
         return None
+    rows = getattr(checkpoint.config.get_text_config(), "vocab_size", None)
+    largest = max(tokenizer.get_vocab().values(), default=-1)
+    if isinstance(rows, int) and largest >= rows:
+        raise UsageError(f"the tokenizer in {checkpoint.path} has token ids up to {largest}, but the model embeds only "
+                         f"{rows} tokens (vocab_size in config.json), and larger ids crash it: resize the embeddings "
+                         f"(model.resize_token_embeddings(len(tokenizer))) and save again, or fix the tokenizer")
+    if tokenizer.pad_token is None:
+        log.info("the tokenizer in %s has no pad token; the padded validation batch is built from the config",
+                 checkpoint.path)
+        return None
+    return tokenizer
+
+
+def _check_tokenizer_json(path: Path) -> None:
+    """Parse tokenizer.json with the tokenizers library, which is what loading it runs."""
+    if not path.is_file():
+        return
+    from tokenizers import Tokenizer
+
+    try:
+        Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise UsageError(f"{path.name} in {path.parent} is malformed ({_first_line(exc)}); regenerate it with the "
+                         f"tokenizer's save_pretrained, or remove it") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
