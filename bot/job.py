@@ -47,6 +47,9 @@ def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
         raise UsageError(f"atol {atol} must be a small positive number such as 1e-4")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise UsageError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
+    if exporter == "dynamo" and opset < 18:  # it writes 18 and converts down only where it can
+        raise UsageError(f"the dynamo exporter writes opset 18 or later; pass --opset 18 (or more), or --exporter "
+                         f"torchscript for opset {opset}")
     return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from bot import checkpoint as ckpt
+from bot.diskfull import raise_if_disk_full
 from bot.errors import BotError, UsageError
 from bot import layout
 from bot.export.merge import merge_decoders
@@ -143,6 +144,9 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
             _place(artifact, staging, job.output_dir, result.primary)
         if result.artifacts:
             result.manifest_path = write_manifest(result, job.output_dir / MANIFEST_NAME, options)
+    except OSError as exc:
+        raise_if_disk_full(exc, job.output_dir)
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if created and not any(job.output_dir.iterdir()):
@@ -244,6 +248,7 @@ def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[Va
         merge_decoders(staging / first.path, staging / cached.path, staging / relative)
         runner = onnx_runner(staging / relative)
     except Exception as exc:  # a merge failure withdraws the pair: clients cannot use split decoders alone
+        raise_if_disk_full(exc, staging)
         message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
         _withdraw(artifacts, result, f"merging the decoders failed: {message}")
         return None
@@ -328,6 +333,7 @@ def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for
             exporter = export_torchscript(graph.wrapper.eval(), graph.example, graph.inputs, path)
             runner = torchscript_runner(path, graph.output_names)
     except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
+        raise_if_disk_full(exc, staging)
         message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
         result.failures.append(Failure(feature, fmt, message, component=graph.name))
         return None

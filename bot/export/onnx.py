@@ -22,6 +22,7 @@ from typing import Callable
 import onnx
 import torch
 
+from bot.diskfull import raise_if_disk_full
 from bot.errors import ExportError
 from bot.layout import external_data_name
 from bot.specs import InputSpec
@@ -60,13 +61,35 @@ def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: d
             _run_exporter(wrapper_for(attention), example, inputs, output_names, scratch / "model.onnx", opset, dynamo,
                           output_axes or {})
             _finalize(scratch / "model.onnx", path)
+            _require_opset(path, opset)
             return name
         except Exception as exc:  # any exporter failure: record it and try the next exporter
+            raise_if_disk_full(exc, scratch)  # no other exporter can do better on a full disk
             log.info("ONNX exporter %s failed: %s", name, exc)
             errors.append(f"{name}: {_summary(exc)}")
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     raise ExportError("ONNX export failed with every exporter: " + " | ".join(errors))
+
+
+def graph_opset(path: Path) -> int | None:
+    """The default-domain opset a written graph declares, read back from the file."""
+    model = onnx.load(str(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _require_opset(path: Path, opset: int) -> None:
+    """The manifest records the requested opset, so a graph of another opset is this exporter's failure.
+
+    Why: the dynamo exporter writes opset 18 and converts down only where the ONNX version converter can; when it
+    cannot, it still writes the file, at 18.
+    """
+    written = graph_opset(path)
+    if written != opset:
+        for file in artifact_files(path):
+            file.unlink()
+        raise ExportError(f"it wrote opset {written}, not the requested {opset}: pass --opset {written}, or "
+                          f"--exporter torchscript for opsets below 18")
 
 
 def _run_exporter(wrapper, example, inputs, output_names, path: Path, opset: int, dynamo: bool,

@@ -21,5 +21,6 @@ def export_torchscript(wrapper: torch.nn.Module, example: dict[str, torch.Tensor
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(wrapper, args, check_trace=False, strict=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(path))
+    with path.open("wb") as handle:  # written by Python: a full disk is an OSError, not an abort in C++
+        torch.jit.save(traced, handle)
     return "torch.jit.trace"
