@@ -51,6 +51,9 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
                         help="export an explicitly requested --feature even if its head weights are not stored")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="load pickle weights (pytorch_model.bin) with torch.load(weights_only=True)")
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="memory budget, e.g. 16G: a checkpoint whose export needs more is refused before "
+                             "loading (default: the memory available; env HUB_EXPORT_BOT_MAX_MEMORY)")
     _add_spec_option(parser)
 
 
@@ -108,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         _quiet_libraries()
+        if getattr(args, "max_memory", None):  # read by bot.budget, in this process and in its children
+            from bot.budget import MEMORY_ENV, parse_size
+
+            os.environ[MEMORY_ENV] = str(parse_size(args.max_memory, "--max-memory"))
         for reference in getattr(args, "spec", []):
             from bot.custom import load_spec
 

@@ -141,6 +141,10 @@ class HubClient:
         """Download files at one commit into the cache; returns the snapshot folder."""
         from huggingface_hub import snapshot_download
 
+        from bot.budget import check_download
+
+        files = self.state(repo_id, sha).files  # sizes from the Hub's metadata, checked before a byte is fetched
+        check_download(repo_id, {name: files[name].size for name in filenames if name in files})
         with hub_errors(repo_id, sha):
             return Path(with_retries(
                 lambda: snapshot_download(repo_id, revision=sha, allow_patterns=filenames, endpoint=self.endpoint,
