@@ -9,8 +9,8 @@ more parameters than the weights hold, or when the estimated peak exceeds the me
 sized from the Hub's file metadata and capped before a byte is fetched.
 
 Limits (README, "Security and failure modes"):
-- memory budget: `--max-memory` / HUB_EXPORT_BOT_MAX_MEMORY, default the RAM available when the run starts (the
-  smaller of MemAvailable and the cgroup's remaining limit);
+- memory budget: `--max-memory` / HUB_EXPORT_BOT_MAX_MEMORY, default the memory available when the run starts
+  (the smallest of MemAvailable, the cgroup's remaining limit and the RLIMIT_AS headroom);
 - download cap: HUB_EXPORT_BOT_MAX_DOWNLOAD, default 32 GiB per checkpoint.
 
 This module imports torch and transformers only inside the functions that size a model, so the Hub client can use
@@ -23,6 +23,7 @@ import copy
 import math
 import os
 import re
+import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -61,14 +62,14 @@ def human(size: float) -> str:
 
 
 def available_memory() -> int:
-    """Bytes this process can still allocate: MemAvailable, lowered by a cgroup (v2) memory limit."""
+    """Bytes this process can still allocate: MemAvailable, lowered by a cgroup (v2) memory limit and by an
+    address-space limit (RLIMIT_AS, which a supervisor may set on an export process) less what is mapped now."""
     values = []
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                values.append(int(line.split()[1]) * 1024)
-    except (OSError, ValueError, IndexError):
-        pass
+    if (available := _proc_kib("/proc/meminfo", "MemAvailable")) is not None:
+        values.append(available)
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        values.append(soft - (_proc_kib("/proc/self/status", "VmSize") or 0))
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
         if limit.isdigit():
@@ -78,6 +79,17 @@ def available_memory() -> int:
     if not values:
         values.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     return max(0, min(values))
+
+
+def _proc_kib(path: str, field: str) -> int | None:
+    """A "Field:  N kB" line of a /proc file, in bytes."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def memory_budget(environ: Mapping[str, str] | None = None) -> tuple[int, str]:

@@ -123,6 +123,14 @@ def test_the_default_budget_is_the_memory_available(monkeypatch):
     assert "available" in source
 
 
+def test_an_address_space_limit_lowers_the_default_budget():
+    code = ("import resource\nfrom bot import budget\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (6 * 1024**3, resource.RLIM_INFINITY))\n"
+            "print(budget.available_memory())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert 0 <= int(out.stdout) <= 6 * 1024**3
+
+
 # -- downloads ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
