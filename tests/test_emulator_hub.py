@@ -353,3 +353,50 @@ def test_list_repo_refs(hub, api, source):
     refs = api.list_repo_refs(REPO, include_pull_requests=True)
     assert [(b.name, b.target_commit) for b in refs.branches] == [("main", source)]
     assert [p.ref for p in refs.pull_requests] == ["refs/pr/1"]
+
+
+def test_edit_opening_comment_rewrites_the_description(hub, api, source):
+    info = api.create_commit(REPO, [CommitOperationAdd("model.onnx", b"onnx")], commit_message="Add ONNX",
+                             commit_description="first text", create_pr=True)
+    opening = api.get_discussion_details(REPO, info.pr_num).events[0]
+    edited = api.edit_discussion_comment(REPO, info.pr_num, opening.id, "second text")
+    assert (edited.content, edited.edited, edited.id) == ("second text", True, opening.id)
+    (pr,) = hub.discussions(REPO)
+    assert pr.description == "second text" and pr.comments == []
+    assert pr.events[0]["data"]["numEdits"] == 1
+    assert [h["raw"] for h in pr.events[0]["data"]["history"]] == ["second text", "first text"]
+    details = api.get_discussion_details(REPO, info.pr_num)
+    assert details.events[0].content == "second text"
+    hub.tokens["hf_other_token"] = "someone-else"
+    with pytest.raises(HfHubHTTPError) as err:  # only the author edits a comment
+        HfApi(endpoint=hub.url, token="hf_other_token").edit_discussion_comment(REPO, 1, opening.id, "x")
+    assert _status(err) == 403
+    with pytest.raises(HfHubHTTPError) as err:
+        api.edit_discussion_comment(REPO, 1, "0" * 24, "x")
+    assert _status(err) == 404
+
+
+def test_deleting_lfs_files_in_a_pr_and_merging_it(hub, api, source):
+    info = api.create_commit(REPO, [CommitOperationAdd("onnx/model.onnx", b"graph"),
+                                    CommitOperationDelete("model.safetensors")],
+                             commit_message="swap", create_pr=True, parent_commit=source)
+    assert set(hub.files(REPO, info.pr_revision)) == {".gitattributes", "config.json", "onnx/model.onnx"}
+    assert "onnx/model.onnx" in hub.get_commit(REPO, info.pr_revision).lfs
+    assert "model.safetensors" in api.get_discussion_details(REPO, info.pr_num).diff
+    hub.merge_pr(REPO, info.pr_num)
+    assert set(hub.files(REPO)) == {".gitattributes", "config.json", "onnx/model.onnx"}
+
+
+def test_dropped_connections_before_and_after_handling(hub, api, source):
+    import httpx2
+
+    hub.drop_next("GET", rf"^/api/models/{REPO}$")
+    with pytest.raises(httpx2.RemoteProtocolError):
+        api.model_info(REPO)
+    assert api.model_info(REPO).sha == source  # only the next request
+
+    hub.drop_next("POST", r"/commit/", after=True)  # the commit lands, its answer is lost
+    with pytest.raises(httpx2.RemoteProtocolError):
+        api.create_commit(REPO, [CommitOperationAdd("a.txt", b"a")], commit_message="lost answer", create_pr=True)
+    (pr,) = hub.discussions(REPO)
+    assert pr.title == "lost answer" and hub.files(REPO, pr.ref)["a.txt"] == b"a"

@@ -55,6 +55,12 @@ Everything below is the emulator's guess, kept in this one place so that it can 
   Entries are sorted by path. Downloads honour a single `Range: bytes=a-[b]` (206), as the client uses for resumes
   and safetensors headers; such partial reads are logged in `requests` like any GET.
 - `validate-yaml` accepts everything. Dates are ISO 8601 with milliseconds and a trailing Z.
+- Editing a comment (POST .../discussions/N/comment/<id>/edit {content}): only its author may, else 403; an unknown
+  id is 404. The answer is {"updatedComment": event}; the event's `latest` becomes the new text, `edited` true,
+  `numEdits` counts the edits and `history` gets the new version first. Editing a discussion's first comment
+  changes its description (the description IS that comment).
+- `drop_next()` closes the connection without an answer, before or after handling the request (the latter is a
+  change that took effect while its answer was lost): the client sees a dropped connection, not an HTTP error.
 """
 
 from __future__ import annotations
@@ -191,6 +197,7 @@ _ROUTES = [
     ("POST", _API + r"/discussions$", "_create_discussion"),
     ("GET", _API + r"/discussions/(?P<num>\d+)$", "_discussion_details"),
     ("POST", _API + r"/discussions/(?P<num>\d+)/(?P<action>comment|status|merge|title)$", "_discussion_action"),
+    ("POST", _API + r"/discussions/(?P<num>\d+)/comment/(?P<comment>[0-9a-f]+)/edit$", "_edit_comment"),
     ("POST", _GIT + r"\.git/info/lfs/objects/batch$", "_lfs_batch"),
     ("POST", _GIT + r"\.git/info/lfs/objects/verify$", "_lfs_verify"),
     ("GET HEAD", _GIT + r"/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "_resolve"),
@@ -333,6 +340,12 @@ class HubEmulator:
         with self._lock:
             self._faults.append([method.upper(), re.compile(path_regex), status, times])
 
+    def drop_next(self, method: str, path_regex: str, times: int = 1, after: bool = False) -> None:
+        """Close the connection without answering the next `times` matching requests; with `after`, handle each
+        request first, so that its change takes effect and only the answer is lost."""
+        with self._lock:
+            self._faults.append([method.upper(), re.compile(path_regex), "drop-after" if after else "drop", times])
+
     # ---- state internals -------------------------------------------------------------------------------------------
 
     def _new_repo(self, repo_type: str, repo_id: str, private: bool) -> Repo:
@@ -453,13 +466,22 @@ class HubEmulator:
 
     # ---- HTTP plumbing ---------------------------------------------------------------------------------------------
 
-    def _handle(self, req: _Request, is_cdn: bool) -> tuple[int, dict, bytes]:
+    def _handle(self, req: _Request, is_cdn: bool) -> tuple[int, dict, bytes] | None:
+        """The answer to a request, or None to close the connection without one (see `drop_next`)."""
         with self._lock:
             self.requests.append((req.method, req.path))
             for fault in self._faults:
                 if fault[3] > 0 and fault[0] in ("*", req.method) and fault[1].search(req.path):
                     fault[3] -= 1
+                    if fault[2] == "drop-after":
+                        self._route(req, is_cdn)
+                    if fault[2] in ("drop", "drop-after"):
+                        return None
                     return self._error(HubError(fault[2], f"Injected failure {fault[2]}"))
+            return self._route(req, is_cdn)
+
+    def _route(self, req: _Request, is_cdn: bool) -> tuple[int, dict, bytes]:
+        with self._lock:
             for methods, pattern, name in _CDN_ROUTES if is_cdn else _ROUTES:
                 match = re.match(pattern, req.path)
                 if match and req.method in methods.split():
@@ -872,6 +894,22 @@ class HubEmulator:
             raise HubError(400, "status must be open or closed")
         return self._json({"newStatus": self._set_status(d, body["status"], user)})
 
+    def _edit_comment(self, req, match):
+        user, repo = self._writer(req, match)
+        d = self._discussion(repo, match)
+        event = next((e for e in d.events if e["id"] == match["comment"] and e["type"] == "comment"), None)
+        if event is None:
+            raise HubError(404, f"Comment {match['comment']} not found")
+        if event["author"]["name"] != user:
+            raise HubError(403, "You can only edit your own comments")
+        content = req.json()["content"]
+        latest = {"raw": content, "html": f"<p>{content}</p>", "updatedAt": _now(), "author": {"name": user}}
+        data = event["data"]
+        data.update(latest=latest, edited=True, numEdits=data["numEdits"] + 1, history=[latest, *data["history"]])
+        if event is d.events[0]:
+            d.description = content
+        return self._json({"updatedComment": event})
+
     # ---- CDN handlers ----------------------------------------------------------------------------------------------
 
     def _cdn_download(self, req, match):
@@ -928,7 +966,11 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in params.items()}
         headers = {k.lower(): v for k, v in self.headers.items()}
         request = _Request(self.command, split.path, query, params.get("expand", []), headers, body)
-        status, out_headers, payload = self.hub._handle(request, self.is_cdn)
+        answer = self.hub._handle(request, self.is_cdn)
+        if answer is None:  # an injected dropped connection: no status line, nothing
+            self.close_connection = True
+            return
+        status, out_headers, payload = answer
         self.send_response(status)
         for name, value in out_headers.items():
             self.send_header(name, value)
