@@ -5,8 +5,9 @@ It reads the job's environment (GITHUB_* from the runner, INPUT_* that action.ym
 stdout (masks, groups, `::error::`), step outputs (GITHUB_OUTPUT), a step summary (GITHUB_STEP_SUMMARY), a JSON report
 file in RUNNER_TEMP, and a commit status and comment through bot.github.
 
-Exit codes: 0 opened / updated / up-to-date / dry-run, 1 failed, 2 bad input (a workflow or event mistake that no
-re-run fixes).
+Exit codes (bot.job): 0 opened / updated / up-to-date / dry-run, 1 failed, 2 bad input (a workflow or event
+mistake that no re-run fixes), 3 partial: a PR was opened or updated (or kept) but some requested artifact failed;
+the `status` output is then `partial`.
 
 Security, because this runs with the user's tokens on the user's checkout:
 - inputs reach us only as environment variables; action.yml never interpolates them into a script;
@@ -52,7 +53,7 @@ EVENTS = ("push", "workflow_dispatch")
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_SERVER = "https://github.com"
 SUCCESS_STATUSES = ("opened", "updated", "up-to-date", "dry-run")  # bot.publish's statuses that exit 0
-COMMENT_STATUSES = ("opened", "updated", "failed")  # up-to-date and dry-run runs change nothing worth a notification
+COMMENT_STATUSES = ("opened", "updated", "partial", "failed")  # up-to-date and dry-run runs change nothing worth a notification
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
@@ -354,7 +355,7 @@ def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = Non
         try:
             result = publish(job, endpoint=endpoint, token=inputs.hf_token or None, work_dir=work_dir,
                              progress=console.progress(time.perf_counter()))
-            exit_code = 0 if result.status in SUCCESS_STATUSES else 1
+            exit_code = result.exit_code
         except KeyboardInterrupt:  # the run was cancelled: do not leave the commit "pending" forever
             reporter.cancelled()
             raise
@@ -364,7 +365,11 @@ def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = Non
             crashed = True
             console.line("".join(traceback.format_exception(exc)))
             result, exit_code = PublishResult(FAILED, inputs.hub_repo, None, f"{type(exc).__name__}: {exc}"), 1
-    if exit_code:
+    for warning in result.warnings:
+        console.warning(warning)
+    if result.status == "partial":
+        console.error(result.message, title=f"hub-export-bot: {inputs.hub_repo}: some requested artifacts failed")
+    elif exit_code:
         console.error(result.message, title=f"hub-export-bot: publishing to {inputs.hub_repo} failed")
     else:
         console.line(f"{result.status}: {result.message}" + (f" {result.pr_url}" if result.pr_url else ""))
@@ -400,7 +405,8 @@ class GitHubReporter:
                    target_url=self.context.run_url, comment_body=None)
 
     def final(self, result: PublishResult, body: str, hub_url: str) -> None:
-        """Green with a link to the PR (or the repo); red with a link to the job log, where the details are."""
+        """Green with a link to the PR (or the repo); red with a link to the PR when a partial run left one, else to
+        the job log, where the details are."""
         ok = result.status in SUCCESS_STATUSES
         target = result.pr_url or (hub_url if ok else self.context.run_url)
         comment = body if self.inputs.comment and result.status in COMMENT_STATUSES else None
@@ -427,6 +433,8 @@ def status_description(result: PublishResult) -> str:
     failed = len(getattr(export, "failures", None) or [])
     artifacts = f"{validated} artifact{'s' if validated != 1 else ''} validated"
     pr = f"PR #{result.pr_num}" if result.pr_num is not None else "PR"
+    if result.status == "partial":
+        return f"Partial: {failed} of {validated + failed} artifacts failed, {pr} {result.pr_action or 'not changed'}"
     if result.status == "opened":
         return f"{artifacts}, {pr} opened"
     if result.status == "updated":
@@ -486,6 +494,7 @@ def results_markdown(result: PublishResult, view: RunView) -> str:
         "updated": f"✅ hub-export-bot updated {pr} on {repo}",
         "up-to-date": f"✅ {repo} is up to date: nothing to export",
         "dry-run": f"🧪 Dry run: nothing was published to {repo}",
+        "partial": f"⚠️ hub-export-bot {_partial_action(result, pr)} on {repo}, but {_failed_count(result)} failed",
     }.get(result.status, f"❌ hub-export-bot could not publish to {repo}")
     source = f"[`{context.repository}@{context.sha[:7]}`]({context.source_url})"
     lines = [f"### {headline}", "",
@@ -496,15 +505,42 @@ def results_markdown(result: PublishResult, view: RunView) -> str:
     if result.status != "failed":
         lines += [_cell(result.message), ""]
     lines += _artifact_table(result.export)
+    lines += _file_changes(result)
     if result.status == "dry-run" and result.files:
         lines += ["<details><summary>Files the PR would add or update</summary>", ""]
         lines += [f"- `{path}`" for path in result.files] + ["", "</details>", ""]
     if result.status == "failed":
         lines += ["#### Why it failed", "", "> " + "\n> ".join(str(result.message).splitlines() or [""]), ""]
+    if result.status in ("failed", "partial"):
         lines += ["#### How to retry", ""] + [f"- {hint}" for hint in _retry_hints(result, view)] + [""]
     if context.run_url:
         lines += [f"[Job log]({context.run_url}) · hub-export-bot {__version__}", ""]
     return "\n".join(lines)
+
+
+def _partial_action(result: PublishResult, pr: str) -> str:
+    return {"opened": f"opened {pr}", "updated": f"updated {pr}", "kept": f"kept {pr} as it was"}.get(
+        result.pr_action or "", "published nothing")
+
+
+def _failed_count(result: PublishResult) -> str:
+    failures = len(getattr(result.export, "failures", None) or [])
+    total = failures + len(getattr(result.export, "artifacts", None) or [])
+    return f"{failures} of {total} requested artifact{'s' if total != 1 else ''}"
+
+
+def _file_changes(result: PublishResult) -> list[str]:
+    """Files left out (a maintainer's file holds their path) and the bot's own files the PR removes."""
+    lines = []
+    withheld = getattr(result, "withheld", None) or []
+    if withheld:
+        lines += ["**Left out**", ""] + [f"- `{_cell(w.get('path'))}`: {_cell(w.get('reason'))}" for w in withheld]
+        lines += [""]
+    removed = getattr(result, "removed", None) or []
+    if removed:
+        lines += ["**Removed** (written by hub-export-bot earlier, no longer exported)", ""]
+        lines += [f"- `{_cell(path)}`" for path in removed] + [""]
+    return lines
 
 
 def _artifact_table(export: object) -> list[str]:
@@ -563,6 +599,8 @@ class ResultFiles:
             "status": result.status, "exit_code": exit_code, "message": result.message,
             "repo_id": result.repo_id, "pr_url": result.pr_url, "pr_num": result.pr_num,
             "revision": result.revision, "files": list(result.files), "title": result.title,
+            "pr_action": result.pr_action, "added": list(result.added), "replaced": list(result.replaced),
+            "removed": list(result.removed), "withheld": list(result.withheld), "warnings": list(result.warnings),
             "source": {"repository": view.context.repository, "sha": view.context.sha,
                        "url": view.context.source_url, "model_path": view.inputs.model_path},
             "dry_run": view.inputs.dry_run, "work_dir": str(work_dir),

@@ -1,4 +1,4 @@
-"""Command line: argument parsing, exit codes (0 ok, 1 failed, 2 bad input) and progress display."""
+"""Command line: argument parsing, exit codes (0 ok, 1 failed, 2 bad input, 3 partial publish) and progress display."""
 
 from __future__ import annotations
 
@@ -212,7 +212,9 @@ def _publish(args) -> int:
         result = publish(job, endpoint=endpoint, token=token, work_dir=args.work_dir or Path(scratch),
                          progress=_progress(time.perf_counter()))
     print(publish_summary(result))
-    return 0 if result.ok else 1
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return result.exit_code  # 0 done, 1 failed, 3 partial (see bot.job); bad input raised UsageError: 2
 
 
 def _action(args) -> int:

@@ -25,7 +25,9 @@ CONTEXT = "hub-export-bot"  # the status context: one line on the commit, replac
 STATES = ("success", "failure", "pending", "error")
 MAX_DESCRIPTION = 140  # GitHub refuses longer status descriptions with a 422
 MAX_COMMENT = 65_000  # GitHub's limit is 65,536 characters
-TIMEOUT = 30  # seconds per request
+# Seconds to connect and to wait for each read of an answer (PyGithub takes one whole number for both). Without it, an
+# API that accepts the connection and never answers would hold the run until the job is killed.
+TIMEOUT = 30
 
 # What PyGithub lets escape: its own exceptions for 4xx/5xx answers, and requests' for the transport, notably
 # RetryError once a 5xx storm has used up the retries (see tests/emulators/github.py).

@@ -69,11 +69,26 @@ class PublishJob:
 
 # PublishResult.status values
 OPENED, UPDATED, UP_TO_DATE, DRY_RUN, FAILED = "opened", "updated", "up-to-date", "dry-run", "failed"
+PARTIAL = "partial"  # a PR was opened or updated (or kept) without every requested artifact: some failed
+
+# What `publish` and `action` exit with. A partial result has its own code so that scripts can tell "the PR is
+# there but incomplete" from "nothing was published" without parsing output.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+_EXIT_CODES = {OPENED: EXIT_OK, UPDATED: EXIT_OK, UP_TO_DATE: EXIT_OK, DRY_RUN: EXIT_OK, PARTIAL: EXIT_PARTIAL}
+
+# PublishResult.pr_action values: what happened to the Hub PR, whatever the status
+PR_OPENED, PR_UPDATED, PR_KEPT = "opened", "updated", "kept"
 
 
 @dataclass
 class PublishResult:
-    """What a publish run did; `status` is one of OPENED, UPDATED, UP_TO_DATE, DRY_RUN, FAILED."""
+    """What a publish run did; `status` is one of OPENED, UPDATED, PARTIAL, UP_TO_DATE, DRY_RUN, FAILED.
+
+    The file lists say what merging the PR does to the exported revision, so that nothing is claimed that the
+    data does not show: `added` (new paths), `replaced` (files the bot wrote earlier, per its manifest),
+    `removed` (the bot's earlier files that the new export no longer has). `withheld` lists validated artifacts
+    left out because a file the bot did not write already sits at their path ({path, feature, format, reason}).
+    """
 
     status: str
     repo_id: str
@@ -85,7 +100,17 @@ class PublishResult:
     files: list[str] = field(default_factory=list)  # paths added or updated in the PR
     title: str = ""
     description: str = ""
+    pr_action: str | None = None  # PR_OPENED, PR_UPDATED or PR_KEPT; None when no PR was touched
+    added: list[str] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    withheld: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # done, but something after it did not work (a comment)
 
     @property
     def ok(self) -> bool:
         return self.status != FAILED
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT_CODES.get(self.status, EXIT_FAILED)

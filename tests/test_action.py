@@ -241,6 +241,37 @@ def test_failed_export_exits_1_with_red_status_and_a_summary_that_says_why(gh, s
     assert run.report["export"]["failures"][0]["max_abs_diff"] == pytest.approx(0.21)
 
 
+def partial_update(job, *, endpoint, token, work_dir, progress=None):
+    """The PR was updated with what validated; one requested artifact failed; the comment could not be posted."""
+    action_fakes._record(job, endpoint, token, work_dir, progress)
+    return action_fakes.PublishResult(
+        "partial", job.repo_id, action_fakes.SHA, "updated PR #3 with exports of 4f1c0de00000; 1 of 2 requested "
+        "artifacts failed and are not included (default/onnx)", pr_url=f"{endpoint}/{job.repo_id}/discussions/3",
+        pr_num=3, export=action_fakes.export_result(work_dir, failing=True), pr_action="updated",
+        removed=["onnx/model.onnx"], withheld=[{"path": "onnx/model_default.onnx", "feature": "default",
+                                                "format": "onnx", "reason": "`onnx/model_default.onnx` is already "
+                                                "in the repo and was not written by hub-export-bot"}],
+        warnings=["the PR was updated, but could not comment on the PR: the Hub answered 500"])
+
+
+def test_partial_exits_3_with_its_own_status_headline_and_a_red_status_linking_the_pr(gh, sha, env):
+    run = Run(env, partial_update)
+    pr_url = f"{ENDPOINT}/{HUB_REPO}/discussions/3"
+    assert run.code == 3
+    assert (run.outputs["status"], run.outputs["pr-url"]) == ("partial", pr_url)
+    assert (run.report["status"], run.report["exit_code"], run.report["pr_action"]) == ("partial", 3, "updated")
+    assert run.report["removed"] == ["onnx/model.onnx"] and run.report["withheld"][0]["path"] == "onnx/model_default.onnx"
+    assert f"⚠️ hub-export-bot updated [PR #3]({pr_url}) on [`{HUB_REPO}`]" in run.summary
+    assert "but 1 of 2 requested artifacts failed" in run.summary and "✅" not in run.summary.splitlines()[0]
+    assert "**Left out**" in run.summary and "**Removed**" in run.summary and "#### How to retry" in run.summary
+    assert any(line.startswith("::error ") and "some requested artifacts failed" in line
+               for line in run.stdout.splitlines())
+    assert any(line.startswith("::warning ") and "could not comment on the PR" in line
+               for line in run.stdout.splitlines())
+    assert statuses(gh, sha)[-1] == ("failure", CONTEXT, "Partial: 1 of 2 artifacts failed, PR #3 updated", pr_url)
+    assert "⚠️" in gh.commit_comments[(REPO, sha)][0]["body"]
+
+
 def test_up_to_date_is_green_without_a_comment(gh, sha, env):
     run = Run(env, action_fakes.up_to_date)
     assert run.code == 0

@@ -27,6 +27,17 @@ HUB_REPO = "acme/tiny-bert"
 HF_TOKEN = "hf_test_token"  # the emulated Hub's write token
 GH_TOKEN = "ghs_test_token"  # the GitHub emulator's Actions token
 README = "---\nlicense: apache-2.0\n---\n\n# Tiny BERT\n\nMaintainer text.\n"
+# `hub-export-bot action` with every ONNX artifact held to no tolerance at all (atol 1e-12, rtol 0), so that ONNX
+# fails validation while TorchScript (bit-exact) still passes: the real pipeline, one function replaced.
+STRICT_ONNX = """
+import bot.pipeline
+real = bot.pipeline.validate
+def validate(kind, runner, names, cases, *tolerance):
+    return real(kind, runner, names, cases, *((1e-12, 0.0) if kind == "onnx" else tolerance))
+bot.pipeline.validate = validate
+from bot.cli import main
+raise SystemExit(main(["action"]))
+"""
 
 
 @pytest.fixture
@@ -45,11 +56,12 @@ def gh():
 class ActionRun:
     """One `hub-export-bot action` step and everything it left behind."""
 
-    def __init__(self, environ: dict[str, str]):
+    def __init__(self, environ: dict[str, str], command: tuple[str, ...] = ("-m", "bot", "action")):
         self.environ = environ
         inherited = {k: v for k, v in os.environ.items()
                      if not k.startswith(("GITHUB_", "INPUT_", "RUNNER_")) and k not in ("HF_TOKEN", "HF_ENDPOINT")}
-        self.proc = subprocess.run([sys.executable, "-m", "bot", "action"], env={**inherited, **environ},
+        inherited["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), inherited.get("PYTHONPATH")]))
+        self.proc = subprocess.run([sys.executable, *command], env={**inherited, **environ},
                                    cwd=environ["GITHUB_WORKSPACE"], capture_output=True, text=True, timeout=900)
         self.code = self.proc.returncode
         self.stdout, self.stderr = self.proc.stdout, self.proc.stderr
@@ -165,7 +177,8 @@ def test_an_export_that_does_not_validate_is_red_explained_and_opens_no_pr(hub, 
     run_url = f"{gh.url}/{SOURCE}/actions/runs/4242"
     # one ONNX export (one feature) held to an impossible tolerance: nothing validates
     run = ActionRun(workflow_env(hub, gh, sha, tmp_path / "run", checkpoint, INPUT_FORMATS="onnx",
-                                 INPUT_FEATURES="sequence-classification", INPUT_ATOL="1e-12"))
+                                 INPUT_FEATURES="sequence-classification", INPUT_ATOL="1e-12"),
+                    command=("-c", STRICT_ONNX))
     assert run.code == 1, run
     assert (run.outputs["status"], run.outputs["pr-url"]) == ("failed", "")
     assert run.report["status"] == "failed" and run.report["exit_code"] == 1 and run.report["pr_url"] is None
@@ -191,3 +204,20 @@ def test_an_export_that_does_not_validate_is_red_explained_and_opens_no_pr(hub, 
     assert hub.discussions(HUB_REPO) == []
     assert set(hub.files(HUB_REPO)) == {".gitattributes", "README.md"}
     run.assert_no_tokens(json.dumps(gh.statuses[(SOURCE, sha)]), comment["body"])
+
+
+def test_a_partial_export_opens_the_pr_but_exits_3_with_a_partial_status(hub, gh, source, tmp_path):
+    sha, checkpoint = source
+    pr_url = f"{hub.url}/{HUB_REPO}/discussions/1"
+    run = ActionRun(workflow_env(hub, gh, sha, tmp_path / "run", checkpoint,
+                                 INPUT_FEATURES="sequence-classification"), command=("-c", STRICT_ONNX))
+    assert run.code == 3, run
+    assert (run.outputs["status"], run.outputs["pr-url"]) == ("partial", pr_url)
+    assert (run.report["status"], run.report["exit_code"], run.report["pr_action"]) == ("partial", 3, "opened")
+    assert f"⚠️ hub-export-bot opened [PR #1]({pr_url})" in run.summary
+    assert "but 1 of 2 requested artifacts failed" in run.summary
+    assert statuses(gh, sha)[-1] == ("failure", "hub-export-bot", "Partial: 1 of 2 artifacts failed, PR #1 opened",
+                                     pr_url)
+    files = hub.files(HUB_REPO, "refs/pr/1")
+    assert "torchscript/model.pt" in files and "onnx/model.onnx" not in files
+    run.assert_no_tokens(json.dumps(gh.statuses[(SOURCE, sha)]))

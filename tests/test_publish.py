@@ -42,6 +42,18 @@ def run(hub, tmp_path, token="hf_test_token", **job):
     return pub.publish(job, endpoint=hub.url, token=token, work_dir=tmp_path / "work")
 
 
+def strict_validation(monkeypatch, fmt: str) -> None:
+    """Make every `fmt` artifact fail validation (no tolerance at all), the other format validate as usual."""
+    import bot.pipeline
+
+    real = bot.pipeline.validate
+
+    def validate(kind, runner, names, cases, *tolerance):
+        return real(kind, runner, names, cases, *((1e-12, 0.0) if kind == fmt else tolerance))
+
+    monkeypatch.setattr(bot.pipeline, "validate", validate)
+
+
 def weight_downloads(hub) -> int:
     return sum(1 for method, path in hub.requests if method == "GET" and
                (path.endswith("model.safetensors") or path.startswith("/lfs/")))
@@ -53,7 +65,7 @@ def test_opens_one_pr_with_artifacts_manifest_and_card(hub, repo, tmp_path):
     assert result.status == pub.OPENED and result.pr_num == 1 and result.pr_url.endswith("/discussions/1")
     assert hub.head(REPO) == main_before  # main untouched
     files = hub.files(REPO, "refs/pr/1")
-    for path in ("onnx/model.onnx", "torchscript/model.pt", "onnx/default/model.onnx", "torchscript/default/model.pt"):
+    for path in ("onnx/model.onnx", "torchscript/model.pt", "onnx/model_default.onnx", "torchscript/model_default.pt"):
         assert path in files, path
     manifest = json.loads(files["export_manifest.json"])
     assert manifest["source"]["revision"] == main_before and manifest["source"]["model"] == REPO
@@ -116,18 +128,22 @@ def test_a_closed_pr_is_not_reopened_for_the_same_source(hub, repo, tmp_path):
     assert len(hub.discussions(REPO)) == 1
 
 
-def test_nothing_validated_opens_no_pr(hub, repo, tmp_path):
-    result = run(hub, tmp_path, options=make_options(formats=["onnx"], atol=1e-12, exporter="torchscript"))
-    assert result.status == pub.FAILED and "nothing validated" in result.message
+def test_nothing_validated_opens_no_pr(hub, repo, tmp_path, monkeypatch):
+    strict_validation(monkeypatch, "onnx")
+    result = run(hub, tmp_path, options=make_options(formats=["onnx"], exporter="torchscript"))
+    assert result.status == pub.FAILED and "nothing validated" in result.message and result.exit_code == 1
     assert hub.discussions(REPO) == []
 
 
-def test_partial_failure_uploads_only_validated_artifacts_and_lists_failures(hub, repo, tmp_path):
-    result = run(hub, tmp_path, options=make_options(atol=1e-12, exporter="torchscript"))
-    assert result.status == pub.OPENED
+def test_partial_failure_opens_the_pr_but_is_reported_as_partial(hub, repo, tmp_path, monkeypatch):
+    strict_validation(monkeypatch, "onnx")
+    result = run(hub, tmp_path)
+    assert (result.status, result.pr_action, result.pr_num, result.exit_code) == (pub.PARTIAL, pub.PR_OPENED, 1, 3)
+    assert "opened PR #1" in result.message and "2 of 4 requested artifacts failed" in result.message
     files = hub.files(REPO, "refs/pr/1")
     assert "torchscript/model.pt" in files and not any(p.startswith("onnx/") for p in files)
     assert "❌ validation failed (not included)" in hub.discussions(REPO)[0].description
+    assert json.loads(files["export_manifest.json"])["status"] == "partial"
 
 
 def test_a_push_to_the_pr_during_export_is_detected_and_replanned(hub, repo, tmp_path, tiny):
@@ -184,7 +200,7 @@ def test_cli_dry_run_prints_the_pr_and_commits_nothing(hub, repo, tmp_path):
 
 
 def test_cli_errors_exit_2_without_traceback(hub, repo, tmp_path):
-    for args, token, message in [((REPO,), "hf_read_token", "may not write"),
+    for args, token, message in [((REPO,), "hf_read_token", "is read-only"),
                                  (("acme/missing",), "hf_test_token", "not found"),
                                  (("not-a-repo-id",), "hf_test_token", "not a Hub repo id")]:
         proc = cli(hub, *args, "--exporter", "torchscript", "--format", "torchscript", token=token)
