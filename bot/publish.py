@@ -178,14 +178,16 @@ def _publish_once(job: PublishJob, client: HubClient, identity: Identity | None,
     ctx = card.context(shown, repo, source_url=job.source_url, trigger=job.trigger,
                        pr_ref=open_pr.ref if open_pr else None, has_tokenizer=checkpoint.has_tokenizer)
     ctx.update(plan.description_data())
-    readme = card.splice_readme(client.read_text(repo, "README.md", state.sha),
-                                card.render_card_section(ctx, job.template), card.card_tags(shown))
+    edit = card.edit_readme(client.read_text(repo, "README.md", state.sha),
+                            card.render_card_section(ctx, job.template), card.card_tags(shown))
+    ctx["readme_note"] = edit.reason  # README.md left as it is: the PR says why
     files: dict[str, Path | bytes] = {path: export_dir / path for a in plan.artifacts for path in a.files}
     manifest = publishable_manifest(json.loads((export_dir / MANIFEST_NAME).read_text(encoding="utf-8")),
                                     {a.path for a in plan.artifacts}, plan.withheld)
     manifest_text = json.dumps(manifest, indent=2) + "\n"
     files[MANIFEST_NAME] = manifest_text.encode("utf-8")
-    files["README.md"] = readme.encode("utf-8")
+    if edit.text is not None:
+        files["README.md"] = edit.text.encode("utf-8")
     description = card.render_pr_description(ctx)
     outcome = PublishResult(DRY_RUN, repo, state.sha, "dry run: nothing committed", export=result,
                             files=sorted(files), title=card.PR_TITLE, description=description, added=plan.added,

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from bot.errors import BotError
-from bot.job import DRY_RUN, OPENED, UP_TO_DATE, UPDATED, PublishResult
+from bot.job import DRY_RUN, OPENED, PARTIAL, UP_TO_DATE, UPDATED, PublishResult
 from bot.job import FAILED as RESULT_FAILED
 from bot.server.queue import DONE, FAILED, SKIPPED
 
 # PublishResult.status -> job state (bot.job holds both without importing torch, which bot.publish pulls in)
-STATE_BY_RESULT_STATUS = {OPENED: DONE, UPDATED: DONE, DRY_RUN: DONE, UP_TO_DATE: SKIPPED, RESULT_FAILED: FAILED}
+# a partial run published what validated but failed some artifacts: a failed job (with its PR link), not retried
+STATE_BY_RESULT_STATUS = {OPENED: DONE, UPDATED: DONE, DRY_RUN: DONE, UP_TO_DATE: SKIPPED, PARTIAL: FAILED,
+                          RESULT_FAILED: FAILED}
 
 MAX_MESSAGE = 1000  # characters of an error message kept in the job row and shown on the page
 
