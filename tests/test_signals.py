@@ -1,0 +1,28 @@
+"""SIGTERM (a cancelled CI job, a stopped service) ends an export like Ctrl-C: exit 143, nothing half-written."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.tiny import build_checkpoint
+
+
+def test_sigterm_during_an_export_removes_staging_and_exits_143(tmp_path):
+    checkpoint = build_checkpoint(tmp_path / "gpt2", "gpt2", "causal-lm")
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from bot.cli import main; sys.exit(main())",
+                                "export", "--model", str(checkpoint), str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    deadline = time.monotonic() + 120
+    while not any(out.glob(".hub-export-bot-*")) and time.monotonic() < deadline:  # staging exists: work started
+        time.sleep(0.05)
+    assert any(out.glob(".hub-export-bot-*")), "the export never started"
+    os.kill(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.strip().splitlines()[-1] == "terminated" and "Traceback" not in stderr
+    assert not out.exists() or not any(out.iterdir())  # no staging folder, no artifact, no manifest
