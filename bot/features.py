@@ -106,11 +106,21 @@ for _model_type, _name, _features in [
 ]:
     register(_model_type, "text-encoder", _features, _name, origin="registry")
 
+for _model_type, _name, _features in [  # current encoders (ModernBERT: local attention on two layers in three)
+    ("modernbert", "ModernBERT", _TEXT_ENCODER),
+    ("deberta-v2", "DeBERTa-v2", _TEXT_ENCODER),
+    ("mpnet", "MPNet", _TEXT_ENCODER),
+]:
+    register(_model_type, "text-encoder", _features, _name, origin="registry")
+
 for _model_type, _name, _features in [
     ("vit", "ViT", ("default", "image-classification", "masked-im")),
     ("deit", "DeiT", ("default", "image-classification", "masked-im")),
     ("beit", "BEiT", ("default", "image-classification")),
     ("data2vec-vision", "Data2VecVision", ("default", "image-classification")),
+    ("swin", "Swin Transformer", ("default", "image-classification", "masked-im")),
+    ("convnext", "ConvNeXT", ("default", "image-classification")),
+    ("dinov2", "DINOv2", ("default", "image-classification")),
 ]:
     register(_model_type, "vision", _features, _name, origin="registry")
 
@@ -121,6 +131,32 @@ for _model_type, _name, _features in [
     ("gptj", "GPT-J", _DECODER + ("question-answering", "sequence-classification")),
 ]:
     register(_model_type, "decoder", _features, _name, origin="registry")
+
+# Current decoder-only language models. Grouped-query attention, sliding windows (Mistral, Gemma 2/3, Starcoder2,
+# Phi-3: the cache stays whole, the window is in the mask), logit soft-capping (Gemma 2), mixtures of experts (Qwen MoE)
+# and layers without rotary embeddings (SmolLM3) all export through the decoder family's spec.
+_HEADS = {"seq": ("sequence-classification",), "tok": ("token-classification",), "qa": ("question-answering",)}
+for _model_type, _name, _heads in [
+    ("llama", "Llama", ("seq", "tok", "qa")),
+    ("mistral", "Mistral", ("seq", "tok", "qa")),
+    ("qwen2", "Qwen2", ("seq", "tok", "qa")),
+    ("qwen3", "Qwen3", ("seq", "tok", "qa")),
+    ("qwen2_moe", "Qwen2MoE", ("seq", "tok", "qa")),
+    ("qwen3_moe", "Qwen3MoE", ("seq", "tok", "qa")),
+    ("gemma", "Gemma", ("seq", "tok")),
+    ("gemma2", "Gemma2", ("seq", "tok")),
+    ("gemma3_text", "Gemma3 (text)", ("seq",)),
+    ("phi3", "Phi-3", ("seq", "tok")),
+    ("smollm3", "SmolLM3", ("seq", "tok", "qa")),
+    ("granite", "Granite", ()),
+    ("olmo2", "OLMo2", ("seq",)),
+    ("starcoder2", "Starcoder2", ("seq", "tok")),
+    ("stablelm", "StableLM", ("seq", "tok")),
+    ("cohere", "Cohere", ()),
+    ("falcon", "Falcon", ("seq", "tok", "qa")),
+]:
+    register(_model_type, "decoder", _DECODER + tuple(f for h in _heads for f in _HEADS[h]), _name,
+             origin="registry")
 
 _SEQ2SEQ = ("default", "default-with-past", "seq2seq-lm", "seq2seq-lm-with-past")
 _SEQ2SEQ_CLM = _SEQ2SEQ + ("causal-lm", "causal-lm-with-past")

@@ -48,9 +48,21 @@ for _model_type in ("bart", "mbart", "m2m_100", "blenderbot", "blenderbot-small"
     OWN_BASE[_model_type] = SEQ2SEQ
 
 
+# Architectures added after the seed list: their default config shrunk by bot.tinyconfig, which keeps what makes each
+# one different (every kind of layer, a sliding window shorter than the validation sequences, grouped-query
+# attention, experts with top-k routing, soft-capping).
+SHRUNK = {"llama", "mistral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "phi3",
+          "smollm3", "granite", "olmo2", "starcoder2", "stablelm", "cohere", "falcon", "modernbert", "deberta-v2",
+          "mpnet", "swin", "convnext", "dinov2"}
+
+
 def tiny_config(model_type: str, **extra):
     from transformers import AutoConfig
 
+    if model_type in SHRUNK:
+        from bot.tinyconfig import tiny_config as shrunk
+
+        return shrunk(model_type, **extra)
     base = OWN_BASE.get(model_type) or (VISION if model_type in VISION_TYPES else COMMON)
     return AutoConfig.for_model(model_type, **{**base, **OVERRIDES.get(model_type, {}), **extra})
 

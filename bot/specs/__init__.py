@@ -115,6 +115,7 @@ class ExportSpec:
         return OrderedOutputs(model, [i.name for i in inputs], list(output_names), self.call_kwargs(feature))
 
     def graphs(self, model, feature: str, tokenizer=None) -> list[Graph]:
+        traceable_experts(model)
         inputs = self.inputs(model, feature)
         example = self.example_inputs(model.config, inputs, self.export_shape(feature))
         with torch.no_grad():
@@ -128,6 +129,21 @@ class ExportSpec:
             else:
                 cases.append((shape.describe(), self.example_inputs(model.config, inputs, shape, seed=seed)))
         return [Graph("model", self.wrap(model, inputs, names, feature), inputs, names, example, cases)]
+
+
+def traceable_experts(model: torch.nn.Module) -> None:
+    """Mixture-of-experts layers computed for every token by gathered batched matmuls, with no token-dependent loop.
+
+    transformers' default experts implementations loop over the experts a batch happens to route to (a trace then
+    records only those) or call grouped matmul kernels no exporter knows; `batched_mm` computes the same sums with
+    gather + bmm, which both exporters and the tracer follow for any routing.
+    """
+    setter = getattr(model, "set_experts_implementation", None)
+    if setter is not None and getattr(model.config, "_experts_implementation", None) != "batched_mm":
+        try:
+            setter("batched_mm")  # a no-op for models without experts
+        except (ValueError, ImportError, RuntimeError):  # an implementation fixed at load time stays as it is
+            pass
 
 
 def accepts(model: torch.nn.Module, argument: str) -> bool:

@@ -15,7 +15,7 @@ import torch
 
 from bot.features import FEATURES
 from bot.layout import BATCH, PAST_SEQUENCE, SEQUENCE, TOTAL_SEQUENCE
-from bot.specs import Graph, InputSpec, Shape, accepts
+from bot.specs import Graph, InputSpec, OrderedOutputs, Shape, accepts, traceable_experts
 from bot.specs.encoder import TextEncoderSpec
 
 
@@ -31,9 +31,23 @@ def build_cache(config, tensors: list[torch.Tensor]):
     """The inverse of flat_cache: a DynamicCache from flat key/value tensors."""
     from transformers import DynamicCache
 
-    cache = DynamicCache(config=config)
+    cache = full_window(DynamicCache(config=config))
     for layer in range(len(tensors) // 2):
         cache.update(tensors[2 * layer], tensors[2 * layer + 1], layer)
+    return cache
+
+
+def full_window(cache):
+    """Sliding-window layers keep every token, like full-attention layers; the window is applied by the mask.
+
+    transformers crops a sliding layer's cache to the window, but a client feeds each present back whole as the next
+    past, with an attention mask over past and new tokens: a cropped present would no longer line up with that mask.
+    The model's sliding-window mask makes attention over a full cache identical to attention over a cropped one.
+    """
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    cache.layers = [DynamicLayer() if isinstance(layer, DynamicSlidingWindowLayer) else layer
+                    for layer in cache.layers]
     return cache
 
 
@@ -64,8 +78,29 @@ class WithPast(torch.nn.Module):
         return tuple([out[name] for name in self.head_outputs] + flat_cache(out.past_key_values))
 
 
+# Model types whose graph without a cache the TorchScript-based ONNX exporter converts wrongly: for Cohere it writes
+# the batch size it traced with into the reshape that splits the heads, so the graph fails at any other batch size.
+# That exporter is refused for them and the exporter chain goes on to dynamo, which converts them correctly.
+NO_TORCHSCRIPT_ONNX = {"cohere"}
+
+
+class DynamoOnly(OrderedOutputs):
+    """A wrapper the TorchScript-based ONNX exporter refuses (TorchScript tracing and dynamo are served as usual)."""
+
+    def forward(self, *inputs):
+        if torch.onnx.is_in_onnx_export() and torch.jit.is_tracing():
+            raise RuntimeError(f"the TorchScript-based ONNX exporter mis-converts {self.model.config.model_type} "
+                               f"without a cache (its head-split reshape keeps the traced batch size)")
+        return super().forward(*inputs)
+
+
 class DecoderSpec(TextEncoderSpec):
     family = "decoder"
+
+    def wrap(self, model, inputs, output_names, feature):
+        if model.config.model_type in NO_TORCHSCRIPT_ONNX:
+            return DynamoOnly(model, [i.name for i in inputs], list(output_names), self.call_kwargs(feature))
+        return super().wrap(model, inputs, output_names, feature)
 
     def inputs(self, model, feature):
         dims = (BATCH, SEQUENCE)
@@ -90,6 +125,7 @@ class DecoderSpec(TextEncoderSpec):
     def graphs(self, model, feature, tokenizer=None):
         if not FEATURES[feature].with_past:
             return super().graphs(model, feature, tokenizer)
+        traceable_experts(model)
         return [past_graph(model, self.output_names)]
 
 
@@ -110,7 +146,8 @@ def _past_for(model, ids: torch.Tensor, mask: torch.Tensor, empty_like: list[tor
     if ids.shape[1] == 0:
         return [t[:, :, :0].expand(ids.shape[0], *t.shape[1:2], 0, *t.shape[3:]).contiguous() for t in empty_like]
     with torch.no_grad():
-        return flat_cache(model(input_ids=ids, attention_mask=mask, use_cache=True, return_dict=True).past_key_values)
+        return flat_cache(model(input_ids=ids, attention_mask=mask, past_key_values=build_cache(model.config, []),
+                                use_cache=True, return_dict=True).past_key_values)
 
 
 def past_graph(model, output_names) -> Graph:
@@ -118,7 +155,8 @@ def past_graph(model, output_names) -> Graph:
     config = model.config
     token = torch.full((1, 1), min(5, config.vocab_size - 1))
     with torch.no_grad():
-        probe = flat_cache(model(input_ids=token, use_cache=True, return_dict=True).past_key_values)
+        probe = flat_cache(model(input_ids=token, past_key_values=build_cache(config, []), use_cache=True,
+                                 return_dict=True).past_key_values)
         head = output_names(model(input_ids=token, use_cache=False, return_dict=True))
     layers = len(probe) // 2
     past_names = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]

@@ -15,7 +15,7 @@ import torch
 
 from bot.features import FEATURES
 from bot.layout import BATCH, DECODER_SEQUENCE, ENCODER_SEQUENCE, PAST_SEQUENCE, SEQUENCE
-from bot.specs import Graph, InputSpec, Shape
+from bot.specs import Graph, InputSpec, Shape, traceable_experts
 from bot.specs.decoder import flat_cache
 from bot.specs.encoder import TextEncoderSpec
 
@@ -54,6 +54,7 @@ class Seq2SeqSpec(TextEncoderSpec):
     def graphs(self, model, feature, tokenizer=None):
         if feature not in _DECODER_FEATURES:
             return super().graphs(model, feature, tokenizer)
+        traceable_experts(model)
         return split_graphs(model, self.output_names, with_past=FEATURES[feature].with_past)
 
 
