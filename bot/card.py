@@ -89,6 +89,9 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
         "versions": library_versions(), "source_url": source_url, "trigger": trigger, "pr_ref": pr_ref,
         "shapes": "; ".join(shapes), "has_tokenizer": has_tokenizer, "tags": card_tags(result),
         "readme_note": readme_note,
+        "variants_section": "",  # dtype variants (quantized, fp16): none yet
+        # what merging changes; publish fills these from its plan (bot.manifest.PublishPlan.description_data)
+        "changes": {"added": [], "replaced": [], "removed": [], "edited": []}, "only_adds": True, "withheld": [],
     }
 
 

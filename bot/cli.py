@@ -46,6 +46,8 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
                         help="artifact format, repeatable (default: both)")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     parser.add_argument("--atol", type=float, help="absolute tolerance for validation (default: per family, 1e-4)")
+    parser.add_argument("--rtol", type=float, help="relative tolerance for validation: close when "
+                        "|diff| <= atol + rtol * |reference| (default 1e-3)")
     parser.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
                         help="ONNX exporter: auto tries the TorchScript-based exporter (fastest, measured), then "
                              "dynamo, then dynamo with eager attention (default auto)")
@@ -148,7 +150,8 @@ def _export(args) -> int:
     from bot.pipeline import run_export
     from bot.render import summary, validation_log
 
-    options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads)
+    options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads,
+                           args.rtol)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output} exists and is not a directory; choose another OUTPUT_DIR")
@@ -210,7 +213,8 @@ def _publish(args) -> int:
 
     if args.allow_pickle:
         raise UsageError("--allow-pickle is not available for publish: convert the repo's weights to safetensors")
-    options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads)
+    options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads,
+                           args.rtol)
     if args.template is not None and not args.template.is_file():
         raise UsageError(f"template {args.template} not found")
     if "/" not in args.repo_id or args.repo_id.count("/") != 1:

@@ -22,6 +22,7 @@ class ExportOptions:
     atol: float | None = None  # None: each spec's measured default
     exporter: str = "auto"
     allow_random_heads: bool = False
+    rtol: float | None = None  # None: bot.validate.DEFAULT_RTOL
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class Job:
 
 
 def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
-                 allow_random_heads=False) -> ExportOptions:
+                 allow_random_heads=False, rtol=None) -> ExportOptions:
     """Validate and normalise user input into ExportOptions; every mistake is a UsageError saying what to do."""
     normalized = tuple(dict.fromkeys(normalize_feature(f) for f in features))
     formats = tuple(dict.fromkeys(f.strip().lower() for f in formats)) or FORMATS
@@ -45,12 +46,14 @@ def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
         raise UsageError(f"opset {opset} is out of range; choose {MIN_OPSET}..{MAX_OPSET} (default 18)")
     if atol is not None and not (0 < atol < 1):
         raise UsageError(f"atol {atol} must be a small positive number such as 1e-4")
+    if rtol is not None and not (0 <= rtol < 1):
+        raise UsageError(f"rtol {rtol} must be a small non-negative number such as 1e-3 (0: absolute only)")
     if exporter not in ("auto", "dynamo", "torchscript"):
         raise UsageError(f"unknown exporter {exporter!r}; choose auto, dynamo or torchscript")
     if exporter == "dynamo" and opset < 18:  # it writes 18 and converts down only where it can
         raise UsageError(f"the dynamo exporter writes opset 18 or later; pass --opset 18 (or more), or --exporter "
                          f"torchscript for opset {opset}")
-    return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads)
+    return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads, rtol)
 
 
 @dataclass(frozen=True)

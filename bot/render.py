@@ -34,9 +34,10 @@ def validation_log(report: ValidationReport, path: str) -> str:
         for output in check.outputs:
             lines.append(f'\t\t- Validating {kind} Model output "{output.name}":')
             lines.append(f"\t\t\t-[{_mark(output.shape_ok())}] {output.actual_shape} matches {output.expected_shape}")
-            close = output.values_ok(report.atol)
+            close = output.values_ok()
             lines.append(f"\t\t\t-[{_mark(close)}] {'all values close' if close else 'values not close'} "
-                         f"(atol: {report.atol:g}, max diff: {output.max_abs_diff:.3g})")
+                         f"(atol: {report.atol:g}, rtol: {report.rtol:g}, max abs diff: {output.max_abs_diff:.3g}, "
+                         f"max rel diff: {output.max_rel_diff:.3g})")
     if report.generation is not None:
         g = report.generation
         verdict = "matches" if g["passed"] else "differs from"

@@ -272,14 +272,15 @@ def test_release_counts_crashes_but_not_orderly_shutdowns(queue):
 def test_every_publish_status_has_a_job_state():
     from bot import publish
 
-    statuses = {publish.OPENED, publish.UPDATED, publish.UP_TO_DATE, publish.DRY_RUN, publish.FAILED}
+    statuses = {publish.OPENED, publish.UPDATED, publish.UP_TO_DATE, publish.DRY_RUN, publish.FAILED, publish.PARTIAL}
     assert set(STATE_BY_RESULT_STATUS) == statuses
     assert {server_runners.OPENED, server_runners.UP_TO_DATE, server_runners.FAILED} <= statuses
 
 
 @pytest.mark.parametrize("status, state, message", [
     ("opened", DONE, "opened PR #1"), ("updated", DONE, "opened PR #1"), ("up-to-date", SKIPPED, "up to date"),
-    ("failed", FAILED, "opened PR #1"), ("weird", FAILED, "unknown status 'weird'"),
+    ("failed", FAILED, "opened PR #1"), ("partial", FAILED, "opened PR #1"),
+    ("weird", FAILED, "unknown status 'weird'"),
 ])
 def test_results_map_to_states(status, state, message):
     result = server_runners.PublishResult(status, "acme/a", SHA1, "opened PR #1", pr_url="https://hub/pr/1")
