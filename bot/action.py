@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TextIO
 
 from bot import __version__
 from bot.errors import BotError, UsageError
-from bot.job import ExportOptions, PublishJob, make_options
+from bot.job import PUBLISH_DTYPES, ExportOptions, PublishJob, make_options
 
 if TYPE_CHECKING:
     from bot.publish import PublishResult
@@ -225,7 +225,8 @@ def read_inputs(environ: Mapping[str, str], workspace: Path) -> ActionInputs:
                          "`hf-token: ${{ secrets.HF_TOKEN }}`; note that workflows run for forks get no secrets")
     features = [] if get("FEATURES").lower() in ("", "auto") else _split(get("FEATURES"))
     options = make_options(features, _split(get("FORMATS")), _number("opset", get("OPSET"), int, 18),
-                           _number("atol", get("ATOL"), float, None))
+                           _number("atol", get("ATOL"), float, None), dtypes=_split(get("DTYPES")),
+                           default_dtypes=PUBLISH_DTYPES)
     model_path = environ.get("INPUT_MODEL_PATH", "").strip() or "."
     return ActionInputs(hub_repo=hub_repo, model_path=model_path, model_dir=resolve_model_dir(workspace, model_path),
                         options=options, hf_token=hf_token, github_token=get("GITHUB_TOKEN"), dry_run=dry_run,

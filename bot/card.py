@@ -10,6 +10,7 @@ markdown filters of bot.render.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from bot.usage import usage_context
 START, END = "<!-- hub-export-bot:start -->", "<!-- hub-export-bot:end -->"
 CARD_TEMPLATE, PR_TEMPLATE = "model_card_section.md.j2", "pr_description.md.j2"
 USAGE_TEMPLATE = "usage.md.j2"  # how to load the files with each client, shown by both
+VARIANTS_TEMPLATE = "variants.md.j2"  # the dtype variants (fp16, q8, q4) and their quality gates, shown by both
 PR_TITLE = "Add validated ONNX and TorchScript exports (hub-export-bot)"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
@@ -78,21 +80,72 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
 
     `readme_note` is ReadmeEdit.reason when README.md was left as it is (markdown, safe to show as is)."""
     order = {"onnx": 0, "torchscript": 1}
+    variants = [a for a in result.artifacts if _dtype(a) != "fp32"]
+    if variants:  # the tables and snippets above the variants are about the fp32 graphs
+        result = copy.copy(result)
+        result.artifacts = [a for a in result.artifacts if _dtype(a) == "fp32"]
     ranked = sorted(result.artifacts, key=lambda a: (a.feature != result.primary, a.feature, order[a.format], a.path))
     artifacts = [_artifact_row(a) for a in ranked]
     usage = usage_context(result, repo_id, has_tokenizer)
     shapes = sorted({shape for a in result.artifacts for shape in a.validation.to_dict()["shapes_tried"]})
+    variant_data = {"variants": _variant_rows(result, variants), "refused": _refused_rows(result)}
     return {
         "repo_id": repo_id, "revision": result.revision, "artifacts": artifacts,
         "failures": [_failure_row(f) for f in result.failures], "skipped": result.skipped,
         "usage": usage, "usage_section": _render(USAGE_TEMPLATE, {"usage": usage}).strip(),
         "versions": library_versions(), "source_url": source_url, "trigger": trigger, "pr_ref": pr_ref,
         "shapes": "; ".join(shapes), "has_tokenizer": has_tokenizer, "tags": card_tags(result),
-        "readme_note": readme_note,
-        "variants_section": "",  # dtype variants (quantized, fp16): none yet
+        "readme_note": readme_note, **variant_data,
+        "variants_section": _render(VARIANTS_TEMPLATE, variant_data).strip(),
         # what merging changes; publish fills these from its plan (bot.manifest.PublishPlan.description_data)
         "changes": {"added": [], "replaced": [], "removed": [], "edited": []}, "only_adds": True, "withheld": [],
     }
+
+
+def _dtype(artifact) -> str:
+    return getattr(artifact, "dtype", "fp32")
+
+
+def _variant_rows(result, variants: list) -> list[dict]:
+    """One row per published (feature, dtype): its files, size against fp32, gate figures and how to load it."""
+    from bot.layout import DTYPE_SUFFIXES, MODEL, stem
+
+    dtypes = list(DTYPE_SUFFIXES)
+    fp32 = {(a.feature, a.component): a.size for a in result.artifacts if a.format == "onnx"}
+    groups: dict[tuple[str, str], list] = {}
+    for a in variants:
+        groups.setdefault((a.feature, _dtype(a)), []).append(a)
+    rows = []
+    for (feature, dtype), group in sorted(groups.items(), key=lambda item: (item[0][0] != result.primary,
+                                                                             item[0][0], dtypes.index(item[0][1]))):
+        size = sum(a.size for a in group)
+        base = sum(fp32.get((a.feature, a.component), 0) for a in group)
+        gate = getattr(group[0].validation, "gate", None)
+        earlier = getattr(group[0].validation, "earlier", [])
+        single = [a.component for a in group] == [MODEL]
+        if feature == result.primary:
+            tjs = f'{{ dtype: "{dtype}" }}'
+        elif single:
+            tjs = f'{{ model_file_name: "{stem(feature, MODEL, result.primary)}", dtype: "{dtype}" }}'
+        else:
+            tjs = None  # transformers.js has no file-name option for encoder-decoders
+        rows.append({"feature": feature, "dtype": dtype, "files": [a.path for a in group],
+                     "size": human_size(size), "ratio": f"{size / base:.0%}" if base else "—",
+                     "recipe": gate.recipe if gate else "", "quality": _quality(gate),
+                     "refused_recipes": [g.summary() for g in earlier], "tjs": tjs})
+    return rows
+
+
+def _quality(gate) -> str:
+    """The gate's figures, e.g. `min cosine 0.9991 (≥ 0.99)` (4 decimals, never rounded towards the bound)."""
+    if gate is None:
+        return ""
+    return ", ".join(c.describe().replace(" >= ", " (≥ ").replace(" <= ", " (≤ ") + ")" for c in gate.criteria)
+
+
+def _refused_rows(result) -> list[dict]:
+    return [{"feature": r.feature, "dtype": r.dtype, "reason": _shorten(one_line(r.reason), 300)}
+            for r in getattr(result, "refused", [])]
 
 
 def card_tags(result) -> list[str]:

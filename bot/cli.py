@@ -51,6 +51,9 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exporter", default="auto", choices=["auto", "dynamo", "torchscript"],
                         help="ONNX exporter: auto tries the TorchScript-based exporter (fastest, measured), then "
                              "dynamo, then dynamo with eager attention (default auto)")
+    parser.add_argument("--dtype", action="append", default=[], choices=["fp32", "fp16", "q8", "q4", "q4f16"],
+                        help="ONNX dtype variant to add, repeatable; each is published only if it passes its quality "
+                             "gate against PyTorch (default: fp32 only for export, fp32 and q8 for publish)")
     parser.add_argument("--allow-random-heads", action="store_true",
                         help="export an explicitly requested --feature even if its head weights are not stored")
     parser.add_argument("--allow-pickle", action="store_true",
@@ -151,7 +154,7 @@ def _export(args) -> int:
     from bot.render import summary, validation_log
 
     options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads,
-                           args.rtol)
+                           args.rtol, dtypes=args.dtype)
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output} exists and is not a directory; choose another OUTPUT_DIR")
@@ -207,14 +210,14 @@ def _features(args) -> int:
 def _publish(args) -> int:
     import tempfile
 
-    from bot.job import PublishJob, make_options
+    from bot.job import PUBLISH_DTYPES, PublishJob, make_options
     from bot.publish import publish
     from bot.render import publish_summary
 
     if args.allow_pickle:
         raise UsageError("--allow-pickle is not available for publish: convert the repo's weights to safetensors")
     options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads,
-                           args.rtol)
+                           args.rtol, dtypes=args.dtype, default_dtypes=PUBLISH_DTYPES)
     if args.template is not None and not args.template.is_file():
         raise UsageError(f"template {args.template} not found")
     if "/" not in args.repo_id or args.repo_id.count("/") != 1:

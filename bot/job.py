@@ -7,9 +7,12 @@ from pathlib import Path
 
 from bot.errors import UsageError
 from bot.features import normalize_feature
+from bot.layout import DTYPE_SUFFIXES, FP32
 
 FORMATS = ("onnx", "torchscript")
 MIN_OPSET, MAX_OPSET = 14, 21
+DTYPES = tuple(DTYPE_SUFFIXES)  # fp32 (always exported), fp16, q8, q4, q4f16
+PUBLISH_DTYPES = (FP32, "q8")  # what publish, the Action and the webhook server offer by default (README: measured)
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,7 @@ class ExportOptions:
     exporter: str = "auto"
     allow_random_heads: bool = False
     rtol: float | None = None  # None: bot.validate.DEFAULT_RTOL
+    dtypes: tuple[str, ...] = (FP32,)  # ONNX dtype variants, fp32 first, each published only if it passes its gate
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Job:
 
 
 def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
-                 allow_random_heads=False, rtol=None) -> ExportOptions:
+                 allow_random_heads=False, rtol=None, dtypes=(), default_dtypes=(FP32,)) -> ExportOptions:
     """Validate and normalise user input into ExportOptions; every mistake is a UsageError saying what to do."""
     normalized = tuple(dict.fromkeys(normalize_feature(f) for f in features))
     formats = tuple(dict.fromkeys(f.strip().lower() for f in formats)) or FORMATS
@@ -53,7 +57,22 @@ def make_options(features=(), formats=(), opset=18, atol=None, exporter="auto",
     if exporter == "dynamo" and opset < 18:  # it writes 18 and converts down only where it can
         raise UsageError(f"the dynamo exporter writes opset 18 or later; pass --opset 18 (or more), or --exporter "
                          f"torchscript for opset {opset}")
-    return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads, rtol)
+    return ExportOptions(normalized, formats, opset, atol, exporter, allow_random_heads, rtol,
+                         _dtypes(dtypes, default_dtypes, formats))
+
+
+def _dtypes(requested, default, formats) -> tuple[str, ...]:
+    """fp32 plus the requested (else the default) variants, in DTYPES order; variants are ONNX graphs."""
+    names = [d.strip().lower() for d in requested if d.strip()]
+    unknown = [d for d in names if d not in DTYPES]
+    if unknown:
+        raise UsageError(f"unknown dtype {unknown[0]!r}; choose from {', '.join(DTYPES)}")
+    if "onnx" not in formats:
+        if set(names) - {FP32}:
+            raise UsageError(f"dtype {next(d for d in names if d != FP32)} is an ONNX variant; add --format onnx")
+        return (FP32,)
+    chosen = {FP32, *(names or default)}
+    return tuple(d for d in DTYPES if d in chosen)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 FOLDERS = {"onnx": "onnx", "torchscript": "torchscript"}
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+# ONNX dtype variants: transformers.js's `dtype` option -> the suffix it appends to a graph's name, for every graph
+# (`model_quantized.onnx`, `encoder_model_q4.onnx`, `decoder_model_merged_fp16.onnx`), with no fallback.
+FP32 = "fp32"
+DTYPE_SUFFIXES = {FP32: "", "fp16": "_fp16", "q8": "_quantized", "q4": "_q4", "q4f16": "_q4f16"}
 EXTERNAL_DATA_SUFFIX = "_data"  # onnx/model.onnx -> onnx/model.onnx_data (what optimum and onnxruntime look for)
 
 # Graph components: one graph per feature, or an encoder and decoders for encoder-decoder language models.
@@ -40,9 +44,9 @@ def stem(feature: str, component: str, primary: str) -> str:
     return component if feature == primary else f"{component}_{feature.replace('-', '_')}"
 
 
-def artifact_path(fmt: str, feature: str, component: str, primary: str) -> str:
-    """Where an artifact lives in the published repo (posix, relative to its root)."""
-    return f"{FOLDERS[fmt]}/{stem(feature, component, primary)}{SUFFIXES[fmt]}"
+def artifact_path(fmt: str, feature: str, component: str, primary: str, dtype: str = FP32) -> str:
+    """Where an artifact lives in the published repo (posix, relative to its root); dtype variants are ONNX only."""
+    return f"{FOLDERS[fmt]}/{stem(feature, component, primary)}{DTYPE_SUFFIXES[dtype]}{SUFFIXES[fmt]}"
 
 
 def external_data_name(graph_file_name: str) -> str:

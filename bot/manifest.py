@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from bot import __version__
+from bot.layout import FP32
 
 MANIFEST_NAME = "export_manifest.json"
 SCHEMA_VERSION = 1
@@ -49,32 +50,41 @@ def build_manifest(result, options) -> dict:
         "options": options_record(options),
         "versions": library_versions(),
         "primary_feature": result.primary,
-        "artifacts": [
-            {
-                "path": a.path,
-                "format": a.format,
-                "feature": a.feature,
-                "component": a.component,
-                "inputs": a.inputs,
-                "outputs": a.outputs,
-                "dynamic_axes": {name: {str(i): axis for i, axis in axes.items()} for name, axes in a.dynamic_axes.items()},
-                "opset": a.opset,
-                "exporter": a.exporter,
-                "sha256": a.files[a.path]["sha256"],
-                "size": a.size,
-                "files": a.files,
-                "random_head": a.random_head,
-                "validation": a.validation.to_dict(),
-            }
-            for a in result.artifacts
-        ],
+        "artifacts": [_artifact_record(a) for a in result.artifacts if _dtype(a) == FP32],
+        # dtype variants of the ONNX graphs (bot.export.variants), each with its quality gate in `validation`
+        "variants": [{**_artifact_record(a), "dtype": _dtype(a)} for a in result.artifacts if _dtype(a) != FP32],
         "failed": [
             {"feature": f.feature, "format": f.format, "component": f.component, "error": f.error,
              "validation": f.validation.to_dict() if f.validation else None}
             for f in result.failures
         ],
         "skipped": result.skipped,
+        # dtype variants that failed their quality gate (bot.export.variants): not published, with the figures
+        "refused_variants": [r.to_dict() for r in getattr(result, "refused", [])],
     }
+
+
+def _artifact_record(a) -> dict:
+    return {
+        "path": a.path,
+        "format": a.format,
+        "feature": a.feature,
+        "component": a.component,
+        "inputs": a.inputs,
+        "outputs": a.outputs,
+        "dynamic_axes": {name: {str(i): axis for i, axis in axes.items()} for name, axes in a.dynamic_axes.items()},
+        "opset": a.opset,
+        "exporter": a.exporter,
+        "sha256": a.files[a.path]["sha256"],
+        "size": a.size,
+        "files": a.files,
+        "random_head": a.random_head,
+        "validation": a.validation.to_dict(),
+    }
+
+
+def _dtype(artifact) -> str:
+    return getattr(artifact, "dtype", FP32)
 
 
 def write_manifest(result, path: Path, options) -> Path:
@@ -110,7 +120,8 @@ def read_manifest(text: str | None) -> dict | None:
 def listed_files(manifest: dict | None) -> dict[str, str]:
     """{path: sha256} of every artifact file a manifest records."""
     listed = {}
-    for artifact in (manifest or {}).get("artifacts", []):
+    variants = (manifest or {}).get("variants")
+    for artifact in (manifest or {}).get("artifacts", []) + (variants if isinstance(variants, list) else []):
         if not isinstance(artifact, dict):
             continue
         for path, info in (artifact.get("files") or {}).items():
@@ -188,7 +199,8 @@ def plan_files(artifacts: list, base: dict[str, str | None], base_owned: set[str
 def publishable_manifest(data: dict, published_paths: set[str], withheld: list[dict]) -> dict:
     """The manifest as committed: only the artifacts the commit carries, and what was withheld and why."""
     kept = [a for a in data.get("artifacts", []) if a.get("path") in published_paths]
-    return {**data, "artifacts": kept, "withheld": withheld}
+    variants = [v for v in data.get("variants", []) if v.get("path") in published_paths]
+    return {**data, "artifacts": kept, "variants": variants, "withheld": withheld}
 
 
 def lost_artifacts(previous: dict | None, source_files: dict[str, str], result) -> list[str]:

@@ -59,6 +59,7 @@ class Artifact:
     seconds: float
     random_head: bool = False
     input_dims: dict[str, tuple] = field(default_factory=dict)  # input -> dims (axis names or fixed sizes)
+    dtype: str = layout.FP32  # an ONNX dtype variant (bot.export.variants) has its quality gate in `validation`
 
     @property
     def size(self) -> int:
@@ -91,6 +92,7 @@ class ExportResult:
     timings: dict[str, float] = field(default_factory=dict)
     manifest_path: Path | None = None
     pooling: dict | None = None  # a sentence-transformers model's pooling (bot.usage), shown in the card
+    refused: list = field(default_factory=list)  # dtype variants not published: bot.export.variants.Refusal
 
     @property
     def ok(self) -> bool:
@@ -157,7 +159,7 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
 
 def _place(artifact: Artifact, staging: Path, output_dir: Path, primary: str) -> None:
     """Move a validated artifact from staging to its file name in the published layout (bot.layout)."""
-    target = layout.artifact_path(artifact.format, artifact.feature, artifact.component, primary)
+    target = layout.artifact_path(artifact.format, artifact.feature, artifact.component, primary, artifact.dtype)
     (output_dir / target).parent.mkdir(parents=True, exist_ok=True)
     if artifact.format == "onnx":
         moved = move_onnx(staging / artifact.path, output_dir / target)
@@ -222,6 +224,26 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
                 _withdraw(artifacts, result, "greedy decoding with the artifacts differs from generate()")
                 continue
         result.artifacts.extend(artifacts)
+        if fmt == "onnx":
+            _add_variants(artifacts, loaded.model, feature, checkpoint, spec, graphs, tokenizer, job, staging,
+                          result, say)
+
+
+def _add_variants(artifacts: list[Artifact], model, feature: str, checkpoint, spec, graphs, tokenizer, job: Job,
+                  staging: Path, result: ExportResult, say: Progress) -> None:
+    """The requested dtype variants of a feature's validated (and merged) ONNX graphs; each is published only if
+    it passes its quality gate against PyTorch (bot.export.variants), else it is listed in `result.refused`."""
+    if set(job.options.dtypes) <= {layout.FP32}:
+        return
+    from bot.export.variants import Context, make_variants
+
+    started = time.perf_counter()
+    context = Context(model, feature, checkpoint.support.family, graphs, spec, tokenizer, staging,
+                      pooling=result.pooling if feature == result.primary else None, say=say)
+    made, refused = make_variants(artifacts, job.options.dtypes, context, _file_digest)
+    result.artifacts.extend(made)
+    result.refused.extend(refused)
+    result.timings[f"{feature}/variants"] = time.perf_counter() - started
 
 
 def _withdraw(artifacts: list[Artifact], result: ExportResult, reason: str) -> None:

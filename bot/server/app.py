@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from bot.hub import DEFAULT_ENDPOINT
+from bot.job import PUBLISH_DTYPES
 from bot.server.body import CLOSE, BodyRefused, read_body
 from bot.server.limits import HttpLimits, QueueLimits
 from bot.server.logs import REFUSALS_LOGGER
@@ -53,6 +54,7 @@ class ServerSettings:
     queue_limits: QueueLimits = QueueLimits()
     child_memory: int | None = None  # bytes of address space per export process; None: no limit
     child_env: tuple[str, ...] = ()  # environment variables passed to export processes beyond the allow-list
+    dtypes: tuple[str, ...] = PUBLISH_DTYPES  # ONNX dtype variants each export offers (bot.job)
 
     @property
     def database(self) -> Path:
@@ -73,7 +75,7 @@ def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAP
     pool = WorkerPool(queue, runner or run_publish, endpoint=settings.hf_endpoint, token=settings.hf_token,
                       work_root=settings.work_root, workers=settings.workers, job_timeout=settings.job_timeout,
                       shutdown_grace=settings.shutdown_grace, child_memory=settings.child_memory,
-                      child_env=settings.child_env)
+                      child_env=settings.child_env, dtypes=settings.dtypes)
     # os.environ decodes with surrogateescape: this gives back the secret's bytes as they were set
     expected_secret = settings.secret.encode("utf-8", "surrogateescape")
     http = settings.http

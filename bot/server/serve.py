@@ -101,6 +101,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also pass these environment variables to export processes (e.g. HTTPS_PROXY, HF_HOME); "
                              "by default they get only PATH, HOME, HF_TOKEN, HF_ENDPOINT, HF_HUB_*, LANG, LC_*, "
                              "TMPDIR and PYTHON*; WEBHOOK_SECRET never")
+    parser.add_argument("--dtype", action="append", default=[], choices=["fp32", "fp16", "q8", "q4", "q4f16"],
+                        help="ONNX dtype variant to offer, repeatable; each is published only if it passes its "
+                             "quality gate (default: fp32 and q8, as publish)")
     parser.add_argument("--runner", help=argparse.SUPPRESS)  # module:function replacing publish (tests, benchmarks)
 
 
@@ -130,6 +133,7 @@ def load_runner(spec: str):
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str]):
     """Options and environment -> ServerSettings, or a UsageError that says what to fix."""
     from bot.hub import DEFAULT_ENDPOINT
+    from bot.job import PUBLISH_DTYPES, make_options
     from bot.server.app import ServerSettings
     from bot.server.child import default_child_memory
     from bot.server.payload import parse_allow
@@ -166,7 +170,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]):
                           hf_token=environ.get("HF_TOKEN") or None, allow=tuple(args.allow), workers=args.workers,
                           job_timeout=args.job_timeout, shutdown_grace=args.shutdown_grace,
                           max_attempts=args.max_attempts, show_private=args.show_private, http=http,
-                          queue_limits=queue_limits, child_memory=child_memory, child_env=tuple(args.child_env))
+                          queue_limits=queue_limits, child_memory=child_memory, child_env=tuple(args.child_env),
+                          dtypes=make_options(dtypes=args.dtype, default_dtypes=PUBLISH_DTYPES).dtypes)
 
 
 def _listen(host: str, port: int) -> socket.socket:

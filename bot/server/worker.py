@@ -36,7 +36,7 @@ from multiprocessing import connection as mp_connection
 from pathlib import Path
 from typing import Callable, Iterable
 
-from bot.job import PublishJob, PublishResult
+from bot.job import PUBLISH_DTYPES, ExportOptions, PublishJob, PublishResult
 from bot.server.child import CHILD_COMMAND, ChildTask, child_environment, oom_kill_count
 from bot.server.outcomes import FAILED, Crashed, Interrupted, JobOutcome, outcome_from_death
 from bot.server.queue import JobQueue, JobRecord
@@ -63,7 +63,8 @@ class WorkerPool:
 
     def __init__(self, queue: JobQueue, runner: Runner, *, endpoint: str, token: str | None, work_root: Path,
                  workers: int = 1, job_timeout: float = 3600.0, shutdown_grace: float = 8.0,
-                 poll_interval: float = 1.0, child_memory: int | None = None, child_env: Iterable[str] = ()):
+                 poll_interval: float = 1.0, child_memory: int | None = None, child_env: Iterable[str] = (),
+                 dtypes: tuple[str, ...] = PUBLISH_DTYPES):
         self.queue = queue
         self.runner = runner
         self.endpoint = endpoint
@@ -75,6 +76,7 @@ class WorkerPool:
         self.poll_interval = poll_interval
         self.child_memory = child_memory
         self.child_env = tuple(child_env)
+        self.options = ExportOptions(dtypes=tuple(dtypes))
         self._threads: list[threading.Thread] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -164,7 +166,8 @@ class WorkerPool:
 
     def _execute(self, record: JobRecord, work_dir: Path) -> JobOutcome | Crashed | Interrupted:
         task = ChildTask(runner=self.runner,
-                         job=PublishJob(repo_id=record.repo_id, revision=record.sha, trigger="webhook"),
+                         job=PublishJob(repo_id=record.repo_id, revision=record.sha, trigger="webhook",
+                                        options=self.options),
                          job_id=record.id, endpoint=self.endpoint, token=self._token, work_dir=work_dir,
                          log_level=logging.getLogger("bot").getEffectiveLevel())
         ours, theirs = mp_connection.Pipe(duplex=True)
