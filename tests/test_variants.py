@@ -332,3 +332,16 @@ def test_every_family_gets_a_gate_that_runs(tiny, tmp_path, model_type, checkpoi
     for feature, quality in judged.items():
         kind = "embedding" if feature.startswith("default") else "labels"
         assert quality["kind"] == kind and all(np.isfinite(c["value"]) for c in quality["criteria"]), quality
+
+
+def test_reports_are_strict_json(minilm_export):
+    """Manifest, refusals and the figures readers copy are plain JSON: no NaN or Infinity anywhere."""
+    result, _ = minilm_export
+    text = result.manifest_path.read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in export_manifest.json"))
+    for artifact in result.artifacts:
+        assert np.isfinite(artifact.validation.atol)  # what the summary and the Action's report show
+    refusal = variants.Refusal("default", "q4", ["model"], [variants.Gate(
+        "embedding", "r", "p", [variants.Criterion("min cosine", float("nan"), 0.9)], details={"measured": {
+            "min cosine": float("nan")}})])
+    json.loads(json.dumps(refusal.to_dict()), parse_constant=lambda name: pytest.fail(name))

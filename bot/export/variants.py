@@ -315,7 +315,7 @@ class Gate:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "kind": self.kind, "recipe": self.recipe, "probe": self.probe,
                 "criteria": [c.to_dict() for c in self.criteria], "error": self.error,
-                "seconds": round(self.seconds, 2), **({"details": self.details} if self.details else {})}
+                "seconds": round(self.seconds, 2), **({"details": _json_safe(self.details)} if self.details else {})}
 
 
 def _figure(value: float, down: bool = True) -> str:
@@ -332,12 +332,25 @@ def _finite(value: float):
     return value if math.isfinite(value) else str(value)
 
 
+def _json_safe(value):
+    """JSON has no NaN or infinity: such figures are written as strings ("nan")."""
+    if isinstance(value, float):
+        return _finite(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 @dataclass
 class VariantReport(ValidationReport):
-    """A variant's report: no element-wise tolerance (atol is infinite), the quality gate decides.
+    """A variant's report: the quality gate decides, not an element-wise tolerance.
 
     `checks` hold the gate's own runs (shape, output names, largest differences against PyTorch, for the record);
-    a variant passes when it ran on every probe with the right outputs and its gate passed."""
+    a variant passes when it ran on every probe with the right outputs and its gate passed. `atol` is the largest
+    difference measured (rtol 0), so that every reader of reports sees a finite, true figure; the manifest records
+    no tolerance for a variant (atol and rtol null) and its `quality` instead."""
 
     dtype: str = FP32
     gate: Gate | None = None
@@ -499,8 +512,10 @@ def _artifacts(artifacts, variants: list[str], dtype: str, gate: Gate, earlier: 
     made = []
     for artifact, relative in zip(artifacts, variants):
         path = staging / relative
-        report = VariantReport("onnx", math.inf, list(artifact.outputs), list(gate.checks.get(artifact.component, [])),
-                               rtol=0.0, dtype=dtype, gate=gate, earlier=list(earlier))
+        checks = list(gate.checks.get(artifact.component, []))
+        measured = [o.max_abs_diff for c in checks for o in c.outputs if math.isfinite(o.max_abs_diff)]
+        report = VariantReport("onnx", max(measured, default=0.0), list(artifact.outputs), checks, rtol=0.0,
+                               dtype=dtype, gate=gate, earlier=list(earlier))
         made.append(replace(artifact, path=relative, dtype=dtype, validation=report, opset=graph_opset(path),
                             files={f.relative_to(staging).as_posix(): digest(f) for f in artifact_files(path)},
                             seconds=gate.seconds))
