@@ -32,7 +32,7 @@ GH_TOKEN = "ghs_test_token"
 ENDPOINT = "https://hub.example"
 INPUTS = {  # action input -> the environment variable action.yml passes it as
     "model-path": "INPUT_MODEL_PATH", "hub-repo": "INPUT_HUB_REPO", "features": "INPUT_FEATURES",
-    "formats": "INPUT_FORMATS", "opset": "INPUT_OPSET", "atol": "INPUT_ATOL", "hf-token": "INPUT_HF_TOKEN",
+    "formats": "INPUT_FORMATS", "opset": "INPUT_OPSET", "atol": "INPUT_ATOL", "dtypes": "INPUT_DTYPES", "hf-token": "INPUT_HF_TOKEN",
     "github-token": "INPUT_GITHUB_TOKEN", "dry-run": "INPUT_DRY_RUN", "comment": "INPUT_COMMENT",
 }
 
@@ -62,7 +62,7 @@ def test_action_inputs_and_defaults(action_yml):
     assert set(inputs) == set(INPUTS) | {"python-version"}
     defaults = {name: spec.get("default") for name, spec in inputs.items()}
     assert defaults == {"model-path": ".", "hub-repo": None, "features": "", "formats": "onnx,torchscript",
-                        "opset": "18", "atol": "", "hf-token": None, "github-token": "${{ github.token }}",
+                        "opset": "18", "atol": "", "dtypes": "", "hf-token": None, "github-token": "${{ github.token }}",
                         "dry-run": "false", "comment": "true", "python-version": "3.11"}
     assert {name for name, spec in inputs.items() if spec.get("required")} == {"hub-repo", "hf-token"}
     assert all(spec.get("description") for spec in inputs.values())
