@@ -45,7 +45,7 @@ _HEADS = {"num_attention_heads", "n_head", "n_heads", "encoder_attention_heads",
           "num_heads", "swa_num_attention_heads", "num_self_attention_heads", "num_cross_attention_heads",
           "linear_num_value_heads", "linear_num_heads"}
 _KV_HEADS = {"num_key_value_heads", "num_kv_heads", "multi_query_group_num", "num_query_groups",
-             "linear_num_key_heads", "n_kv_heads"}
+             "linear_num_key_heads", "n_kv_heads", "swa_num_key_value_heads"}
 _HEAD_DIMS = {"head_dim": HEAD_DIM, "d_kv": HEAD_DIM, "d_head": HEAD_DIM, "dim_head": HEAD_DIM,
               "attention_head_size": HEAD_DIM, "swa_head_dim": HEAD_DIM, "kv_channels": HEAD_DIM,
               "attention_head_dim": HEAD_DIM, "linear_key_head_dim": HEAD_DIM, "linear_value_head_dim": HEAD_DIM,
@@ -103,6 +103,15 @@ OVERRIDES: dict[str, dict] = {
     "qwen3": dict(use_sliding_window=False),
     # Checkpoints of these use a sliding window their default config leaves unset.
     "phi3": dict(sliding_window=WINDOW),
+    "hiera": dict(depths=[1, 1], num_heads=[1, 2], embed_dim=16, num_query_pool=1, masked_unit_size=[8, 8],
+                  query_stride=[2, 2], patch_stride=[4, 4], patch_size=[7, 7], patch_padding=[3, 3],
+                  embed_dim_multiplier=2.0, num_head_multiplier=2.0, image_size=[64, 64]),
+    # Dory's to_dict writes each layer as an attention block and an mlp block; the constructor takes layers.
+    "dory": dict(num_hidden_layers=3, n_input_layers=1, n_recurrent_layers=1, n_output_layers=1,
+                 layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    # Layout embeddings: LiLT splits the hidden size in six box parts, LayoutLMv3 in 4 coordinates + 2 shapes.
+    "lilt": dict(hidden_size=48),
+    "layoutlmv3": dict(coordinate_size=6, shape_size=4, input_size=32, patch_size=8),
     # LFM2 checkpoints interleave short-convolution layers with attention; the default config has attention only.
     "lfm2": dict(layer_types=["conv", "full_attention"], full_attn_idxs=[1]),
     "starcoder2": dict(sliding_window=WINDOW),
@@ -118,7 +127,20 @@ def tiny_config(model_type: str, **extra):
     values.update(OVERRIDES.get(model_type, {}))
     values.update(extra)
     values.setdefault("num_labels", 2)
-    return AutoConfig.for_model(model_type, **values)
+    try:
+        return AutoConfig.for_model(model_type, **values)
+    except Exception:  # noqa: BLE001 - a config class that refuses grouped-query attention: as many heads as queries
+        if not any(key in values for key in _KV_HEADS) or any(key in extra for key in _KV_HEADS):
+            raise
+        return AutoConfig.for_model(model_type, **_without_gqa(values))
+
+
+def _without_gqa(values: dict) -> dict:
+    values = {k: _without_gqa(v) if isinstance(v, dict) else v for k, v in values.items()}
+    for key in _KV_HEADS:
+        if isinstance(values.get(key), int) and values[key] > 1:
+            values[key] = HEADS
+    return values
 
 
 def shrink(values: dict, config_class=None) -> dict:
@@ -135,10 +157,15 @@ def shrink(values: dict, config_class=None) -> dict:
         values.pop(key, None)
     _fill_unset(values)
     rope_is_head = values.get("qk_rope_head_dim") is not None and values.get("head_dim") == values["qk_rope_head_dim"]
+    # latent attention (a compressed key/value) and other layouts with as many key/value heads as query heads
+    same_heads = values.get("num_key_value_heads") is not None and \
+        values.get("num_key_value_heads") == values.get("num_attention_heads") and "kv_lora_rank" in values
     _shrink_layers(values)
     _shrink_sizes(values, vision)
     if rope_is_head:  # multi-head latent attention whose rotary part is what `head_dim` names
         values["head_dim"] = values["qk_rope_head_dim"]
+    if same_heads:
+        values["num_key_value_heads"] = values["num_attention_heads"]
     if isinstance(values.get("per_layer_config"), dict):
         for overrides in values["per_layer_config"].values():
             if isinstance(overrides, dict):
@@ -155,9 +182,11 @@ def shrink(values: dict, config_class=None) -> dict:
 
 def _fill_unset(values: dict) -> None:
     """Sizes a default config leaves unset (None) although the model needs them."""
-    experts = any(isinstance(values.get(k), int) and values[k] > 1 for k in _EXPERT_COUNTS)
+    experts = any(isinstance(values.get(k), int) and values[k] > 1 for k in _EXPERT_COUNTS) or \
+        isinstance(values.get("moe_intermediate_size"), int)
     fill = {"vocab_size": VOCAB, "head_dim": HEAD_DIM, "num_key_value_heads": KV_HEADS,
-            **({"moe_intermediate_size": MOE_FFN, "num_experts_per_tok": TOP_K} if experts else {})}
+            **({"moe_intermediate_size": MOE_FFN, "num_experts_per_tok": TOP_K, "n_routed_experts": EXPERTS,
+                "num_experts": EXPERTS, "n_shared_experts": 1} if experts else {})}
     for key, value in fill.items():
         if key in values and values[key] is None:
             values[key] = value
@@ -321,6 +350,8 @@ def _shrink_special_ids(values: dict) -> None:
     low = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
     if values.get("pad_token_id", 0) is None:  # sequence classification of a batch finds each row's end by it
         values["pad_token_id"] = 0
+    if values.get("is_encoder_decoder") and values.get("decoder_start_token_id") is None:
+        values["decoder_start_token_id"] = values.get("pad_token_id") or 0  # generate() needs one
     spare = iter(range(3, 5))
     for key, value in list(values.items()):
         if not (key.endswith("_token_id") or key.endswith("_token_index") or key.endswith("_token_ids")):
@@ -374,8 +405,9 @@ def _shrink_vision(values: dict) -> None:
             if key in _STAGE_LISTS and isinstance(value, list) and len(value) == count:
                 values[key] = value[:2]
         values["depths"] = [1, 1]
-        if "num_stages" in values:
-            values["num_stages"] = 2
+        for key in ("num_stages", "num_encoder_blocks"):
+            if key in values:
+                values[key] = 2
     if isinstance(values.get("hidden_sizes"), list):
         values["hidden_sizes"] = [16 * 2**i for i in range(len(values["hidden_sizes"]))]
     if isinstance(values.get("num_heads"), list):

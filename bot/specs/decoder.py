@@ -46,7 +46,7 @@ def full_window(cache):
     """
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
-    cache.layers = [DynamicLayer() if isinstance(layer, DynamicSlidingWindowLayer) else layer
+    cache.layers = [DynamicLayer() if type(layer) is DynamicSlidingWindowLayer else layer  # noqa: E721 - not subclasses
                     for layer in cache.layers]
     return cache
 
