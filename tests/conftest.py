@@ -74,3 +74,12 @@ def wait_for(predicate, timeout=30.0, interval=0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+
+
+@pytest.fixture
+def hub():
+    """A Hub emulator on loopback, that the real huggingface_hub client talks to over HTTP."""
+    from tests.emulators.hub import HubEmulator
+
+    with HubEmulator() as emulator:
+        yield emulator

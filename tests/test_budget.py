@@ -17,7 +17,6 @@ from bot.cli import main
 from bot.errors import UsageError
 from bot.job import Job
 from bot.pipeline import resolve_checkpoint
-from tests.emulators.hub import HubEmulator
 
 REPO = "acme/tiny-bert"
 
@@ -132,12 +131,6 @@ def test_an_address_space_limit_lowers_the_default_budget():
 
 
 # -- downloads ------------------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def hub():
-    with HubEmulator() as emulator:
-        yield emulator
-
 
 def files_of(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}

@@ -41,12 +41,6 @@ raise SystemExit(main(["action"]))
 
 
 @pytest.fixture
-def hub():
-    with HubEmulator() as emulator:
-        yield emulator
-
-
-@pytest.fixture
 def gh():
     with GitHubEmulator() as emulator:
         yield emulator

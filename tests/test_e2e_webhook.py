@@ -19,7 +19,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.emulators.hub import HubEmulator
 from tests.conftest import wait_for
 from tests.test_server_http import push
 
@@ -96,12 +95,6 @@ class Server:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-
-
-@pytest.fixture
-def hub():
-    with HubEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from huggingface_hub.errors import (  # noqa: E402
 )
 from huggingface_hub.utils import _http  # noqa: E402
 
-from tests.emulators.hub import HubEmulator, is_lfs  # noqa: E402
+from tests.emulators.hub import is_lfs  # noqa: E402
 
 # The client's own LFS upload passes raw bytes as `data=`, which httpx2 deprecates: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
@@ -38,12 +38,6 @@ TOKEN = "hf_test_token"
 REPO = "some-org/tiny-model"
 WEIGHTS = safetensors.numpy.save({"w": np.zeros((2, 3), dtype=np.float32)})  # a real, tiny .safetensors file
 CONFIG = b'{"model_type": "bert"}'
-
-
-@pytest.fixture
-def hub():
-    with HubEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -19,17 +19,10 @@ from bot import publish as pub
 from bot.errors import UnsafeCheckpointError, UsageError
 from bot.github import report_to_github
 from bot.hub import HubClient, HubTimeouts, HubUnavailable, RetryPolicy, transient
-from tests.emulators.hub import HubEmulator
 from tests.emulators.silent import SilentServer
 from tests.test_publish import FAST, README, REPO, checkpoint_files, run, tiny_retrained, weight_downloads
 
 SHORT = {hub_module.CONNECT_TIMEOUT_ENV: "0.5", hub_module.READ_TIMEOUT_ENV: "0.5"}
-
-
-@pytest.fixture
-def hub():
-    with HubEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 from bot import publish as pub
 from bot.errors import UsageError
 from bot.job import PublishJob, make_options
-from tests.emulators.hub import HubEmulator
 
 REPO = "acme/tiny-bert"
 README = "---\nlicense: apache-2.0\ntags:\n- bert\n---\n\n# Tiny BERT\n\nMaintainer text.\n"
@@ -23,12 +22,6 @@ FAST = make_options(exporter="torchscript")  # the publish flow is under test he
 
 def checkpoint_files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
-
-
-@pytest.fixture
-def hub():
-    with HubEmulator() as emulator:
-        yield emulator
 
 
 @pytest.fixture
