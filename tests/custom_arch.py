@@ -1,4 +1,4 @@
-"""A custom architecture, as a user would write it (README, 'Custom architectures'): MPNet is not in the registry."""
+"""A custom architecture, as a user would write it (README, 'Custom architectures'): ERNIE is not in the registry."""
 
 from bot.custom import Architecture
 from bot.layout import BATCH, SEQUENCE
@@ -6,12 +6,12 @@ from bot.specs import InputSpec
 from bot.specs.encoder import TextEncoderSpec
 
 
-class MPNetSpec(TextEncoderSpec):
-    """MPNet takes input ids and an attention mask; no token types."""
+class ErnieSpec(TextEncoderSpec):
+    """ERNIE's graph takes input ids and an attention mask; token and task types keep their defaults."""
 
     def inputs(self, model, feature):
         dims = (BATCH, SEQUENCE)  # the axis names the clients know
         return [InputSpec("input_ids", dims, "ids"), InputSpec("attention_mask", dims, "mask")]
 
 
-MPNET = Architecture("mpnet", ("default", "sequence-classification"), MPNetSpec(), name="MPNet")
+ERNIE = Architecture("ernie", ("default", "sequence-classification"), ErnieSpec(), name="ERNIE")
