@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bot import __version__
 from bot.errors import BotError, UsageError
+from bot.jobs_cli import JOBS_COMMANDS, add_jobs_parsers
 from bot.server.serve import add_serve_parser, run_server
 
 
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the support matrix of every registered architecture (docs/support-matrix.md)")
     _add_spec_option(features)
     add_serve_parser(commands)
+    add_jobs_parsers(commands)
     return parser
 
 
@@ -243,4 +245,5 @@ def _action(args) -> int:
     return run_action(os.environ)
 
 
-COMMANDS = {"export": _export, "publish": _publish, "features": _features, "action": _action, "serve": run_server}
+COMMANDS = {"export": _export, "publish": _publish, "features": _features, "action": _action, "serve": run_server,
+            **JOBS_COMMANDS}

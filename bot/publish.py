@@ -207,8 +207,9 @@ def _publish_once(job: PublishJob, client: HubClient, identity: Identity | None,
         outcome.pr_num, outcome.pr_url, outcome.pr_action = open_pr.num, pr_url, PR_UPDATED
         return _finish(outcome, UPDATED, f"updated PR #{open_pr.num} with exports of {state.sha[:12]}")
 
-    say(f"{repo}: opening a PR")
     known = {pr.num for pr in prs}
+    _no_new_bot_pr(client, repo, identity, known)
+    say(f"{repo}: opening a PR")
     info = client.commit(repo, files, title=card.PR_TITLE, description=description, revision=None,
                          parent_commit=state.sha, create_pr=True, deletions=plan.deletions,
                          landed=lambda: _opened_since(client, repo, identity, known, manifest_text))
@@ -260,6 +261,15 @@ def _courtesy(outcome: PublishResult, what: str, call: Callable[[], None]) -> No
         warning = f"the PR was updated, but could not {what}: {exc}"
         log.warning("%s", warning)
         outcome.warnings.append(warning)
+
+
+def _no_new_bot_pr(client: HubClient, repo: str, identity: Identity | None, known: set[int]) -> None:
+    """Just before opening a PR: a bot PR opened since planning means a concurrent run (a duplicate delivery, a
+    second Job) got there first. Raise StaleParent, so publish() plans again and pushes to that PR (or finds it
+    already up to date) instead of opening a second one."""
+    for pr in client.pull_requests(repo, identity.name) if identity else []:
+        if pr.num not in known and _is_bot_pr(pr) and pr.status in OPEN:
+            raise StaleParent(f"PR #{pr.num} was opened on {repo} by another run while this one exported")
 
 
 def _landed_on(client: HubClient, repo: str, pr: PullRequest, parent: str, manifest_text: str) -> Committed | None:
