@@ -34,18 +34,31 @@ def jobs_hub():
         yield emulator
 
 
-def cli(hub, *args: str, secret: str = SECRET, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, **hub.env(TOKEN), "WEBHOOK_SECRET": secret}
-    return subprocess.run([sys.executable, "-m", "bot", *args], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+@pytest.fixture
+def cli(jobs_hub, monkeypatch, capsys):
+    """`hub-export-bot ARGS` in this process (the Jobs it starts run as subprocesses): (exit code, stdout, stderr)."""
+    def run(*args: str, secret: str = SECRET):
+        for name, value in {**jobs_hub.env(TOKEN), "WEBHOOK_SECRET": secret}.items():
+            monkeypatch.setenv(name, value)
+        from bot.cli import main
+
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
-def deploy(hub, *extra: str, secret: str = SECRET) -> dict:
-    done = cli(hub, "deploy", "--image", IMAGE, "--watch", "org:acme", "--flavor", "cpu-basic", "--wait", "60",
-               *extra, secret=secret)
-    assert done.returncode == 0, done.stderr
-    assert TOKEN not in done.stdout + done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+@pytest.fixture
+def deploy(cli):
+    def run(*extra: str, secret: str = SECRET) -> dict:
+        code, out, err = cli("deploy", "--image", IMAGE, "--watch", "org:acme", "--flavor", "cpu-basic",
+                             "--wait", "60", *extra, secret=secret)
+        assert code == 0, err
+        assert TOKEN not in out + err
+        return json.loads(out.strip().splitlines()[-1])
+
+    return run
 
 
 def upload(hub, tiny, repo: str = REPO) -> str:
@@ -61,16 +74,16 @@ def bot_prs(hub, repo: str = REPO) -> list:
     return [d for d in hub.discussions(repo) if d.is_pull_request]
 
 
-def test_deploy_is_idempotent_and_a_pushed_event_becomes_exactly_one_pr(jobs_hub, tiny):
+def test_deploy_is_idempotent_and_a_pushed_event_becomes_exactly_one_pr(jobs_hub, deploy, tiny):
     hub = jobs_hub
-    first = deploy(hub)
+    first = deploy()
     assert first["changed"] and first["webhook_id"] and first["source_job_id"]
     source = hub.jobs[first["source_job_id"]]
     assert source.stage == "COMPLETED" and result_of(hub, source.id)["status"] == "idle"
     assert source.spec["command"] == ["hub-export-bot", "job"] and source.spec["dockerImage"] == IMAGE
     assert TOKEN not in json.dumps(source.spec)  # the token is a secret, never in the spec or the command
 
-    again = deploy(hub)
+    again = deploy()
     assert not again["changed"] and "nothing changed" in again["actions"][0]
     assert len(hub.webhooks) == 1 and len(hub.jobs) == 1  # no second webhook, no second source Job
 
@@ -95,9 +108,9 @@ def test_deploy_is_idempotent_and_a_pushed_event_becomes_exactly_one_pr(jobs_hub
     assert len(bot_prs(hub)) == 1
 
 
-def test_a_failed_job_is_reported_and_a_wrong_secret_is_refused(jobs_hub, tiny):
+def test_a_failed_job_is_reported_and_a_wrong_secret_is_refused(jobs_hub, deploy, tiny):
     hub = jobs_hub
-    deploy(hub)
+    deploy()
     checkpoint = tiny("bert")
     hub.create_repo("acme/pickled", {"config.json": (checkpoint / "config.json").read_bytes(),
                                      "pytorch_model.bin": b"not loaded"})
@@ -114,41 +127,52 @@ def test_a_failed_job_is_reported_and_a_wrong_secret_is_refused(jobs_hub, tiny):
     assert hub.wait_job(job_id).stage == "ERROR"
     assert "does not match" in result_of(hub, job_id)["message"]
 
-    changed = deploy(hub)  # deploy notices the secret drift and rebinds the one webhook
+    changed = deploy()  # deploy notices the secret drift and rebinds the one webhook
     assert changed["changed"] and changed["webhook_id"] == hook.id and len(hub.webhooks) == 1
     assert hub.webhooks[hook.id].secret == SECRET
 
 
-def test_deploy_dry_run_changes_nothing_and_an_option_change_updates_in_place(jobs_hub):
+def test_deploy_dry_run_changes_nothing_and_an_option_change_updates_in_place(jobs_hub, cli, deploy):
     hub = jobs_hub
-    dry = cli(hub, "deploy", "--image", IMAGE, "--watch", "org:acme", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    assert "would run a source Job" in dry.stdout and "flavor cpu-upgrade" in dry.stdout
-    assert TOKEN not in dry.stdout + dry.stderr and SECRET not in dry.stdout + dry.stderr
+    code, out, err = cli("deploy", "--image", IMAGE, "--watch", "org:acme", "--dry-run")
+    assert code == 0, err
+    assert "would run a source Job" in out and "flavor cpu-upgrade" in out
+    assert TOKEN not in out + err and SECRET not in out + err
     assert hub.jobs == {} and hub.webhooks == {}
 
-    first = deploy(hub)
-    watched = deploy(hub, "--watch", "model:other/one")  # watched only: updated in place, no new Job
+    first = deploy()
+    watched = deploy("--watch", "model:other/one")  # watched only: updated in place, no new Job
     assert watched["changed"] and watched["source_job_id"] is None and len(hub.jobs) == 1
-    flavor = deploy(hub, "--watch", "model:other/one", "--flavor", "cpu-upgrade")
+    flavor = deploy("--watch", "model:other/one", "--flavor", "cpu-upgrade")
     assert flavor["changed"] and flavor["webhook_id"] == first["webhook_id"] and len(hub.webhooks) == 1
     assert hub.webhooks[first["webhook_id"]].job["flavor"] == "cpu-upgrade" and len(hub.jobs) == 2
 
-    bad = cli(hub, "deploy", "--image", IMAGE, "--watch", "acme")
-    assert bad.returncode == 2 and "org:NAME" in bad.stderr
-    unset = cli(hub, "deploy", "--image", IMAGE, "--watch", "org:acme", secret="")
-    assert unset.returncode == 2 and "WEBHOOK_SECRET" in unset.stderr
+    code, _, err = cli("deploy", "--image", IMAGE, "--watch", "acme")
+    assert code == 2 and "org:NAME" in err
+    code, _, err = cli("deploy", "--image", IMAGE, "--watch", "org:acme", secret="")
+    assert code == 2 and "WEBHOOK_SECRET" in err
 
 
-def test_job_entry_filters_as_serve_does(jobs_hub):
+def test_job_entry_filters_as_serve_does():
+    import io
+
+    from bot.jobentry import run_job_entry
     from tests.test_server_http import push
 
-    env = {**os.environ, **jobs_hub.env(TOKEN), "WEBHOOK_SECRET": SECRET,
-           "WEBHOOK_PAYLOAD": json.dumps(push("acme/x", ref="refs/heads/dev"))}
-    ignored = subprocess.run([sys.executable, "-m", "bot", "job"], cwd=REPO_ROOT, env=env, capture_output=True,
-                             text=True, timeout=60)
-    assert ignored.returncode == 0 and json.loads(ignored.stdout)["status"] == "ignored"
-    env["WEBHOOK_PAYLOAD"] = "{not json"
-    bad = subprocess.run([sys.executable, "-m", "bot", "job"], cwd=REPO_ROOT, env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert bad.returncode == 2 and "not valid JSON" in json.loads(bad.stdout)["message"]
+    def run(payload: str, **extra: str) -> tuple[int, dict]:
+        out = io.StringIO()
+        env = {"HF_TOKEN": TOKEN, "WEBHOOK_SECRET": SECRET, "WEBHOOK_PAYLOAD": payload, **extra}
+        return run_job_entry(env, out=out), json.loads(out.getvalue())
+
+    code, line = run(json.dumps(push("acme/x", ref="refs/heads/dev")))
+    assert code == 0 and line["status"] == "ignored" and "refs/heads/main" in line["message"]
+    code, line = run(json.dumps(push("other/x")), HUB_EXPORT_BOT_ALLOW="acme")
+    assert code == 0 and line["status"] == "ignored" and "--allow" in line["message"]
+    code, line = run("{not json")
+    assert code == 2 and "not valid JSON" in line["message"]
+    code, line = run(json.dumps(push("acme/x")), WEBHOOK_REPO_ID="acme/y")
+    assert code == 2 and "WEBHOOK_REPO_ID" in line["message"]
+    code, line = run(json.dumps(push("acme/x")), HUB_EXPORT_BOT_WEBHOOK_SECRET="other")
+    assert code == 2 and "does not match" in line["message"]
+    code, line = run(json.dumps(push("acme/x")), HF_TOKEN="")
+    assert code == 2 and "HF_TOKEN" in line["message"]
