@@ -176,3 +176,64 @@ def test_job_entry_filters_as_serve_does():
     assert code == 2 and "does not match" in line["message"]
     code, line = run(json.dumps(push("acme/x")), HF_TOKEN="")
     assert code == 2 and "HF_TOKEN" in line["message"]
+
+
+def test_serve_with_the_hf_jobs_runner_drains_its_queue_through_jobs(jobs_hub, tiny, tmp_path):
+    from tests.test_server_http import SECRET as SERVER_SECRET
+    from tests.test_server_http import ServerProcess, assert_no_secrets, push
+
+    hub = jobs_hub
+    sha = upload(hub, tiny)
+    hub.create_repo("acme/pickled", {"config.json": (tiny("bert") / "config.json").read_bytes(),
+                                     "pytorch_model.bin": b"not loaded"})
+    server = ServerProcess(tmp_path, "--runner", "hf-jobs", "--job-image", IMAGE, "--job-flavor", "cpu-basic",
+                           "--job-poll", "0.2", "--dtype", "fp32", "--allow", "acme",
+                           env={**hub.env(TOKEN), "HF_TOKEN": TOKEN}).start()
+    try:
+        queued = server.post(push(REPO, sha)).json()["job_id"]
+        failing = server.post(push("acme/pickled", hub.head("acme/pickled"))).json()["job_id"]
+        done = server.wait_state(queued, "done", "failed", "skipped", timeout=240)
+        assert done["state"] == "done", done
+        assert done["pr_url"] == f"{hub.url}/{REPO}/discussions/1"
+        failed = server.wait_state(failing, "done", "failed", "skipped", timeout=120)
+        assert failed["state"] == "failed" and "safetensors" in failed["message"]
+        assert f"(logs: {hub.url}/jobs/bot-user/" in failed["message"]
+        assert server.client.get("/healthz").json()["queued"] == 0
+        exports = [j for j in hub.jobs.values() if (j.spec.get("labels") or {}).get("hub-export-bot") == "export"]
+        assert len(exports) == 2 and all(j.spec["flavor"] == "cpu-basic" for j in exports)
+        assert all(TOKEN not in json.dumps(j.spec) for j in exports)
+        assert len(bot_prs(hub)) == 1
+        assert server.signal(15) == 0
+        assert_no_secrets(server)
+        assert SERVER_SECRET not in "".join(hub.job_output(j.id) for j in exports)
+    finally:
+        server.stop()
+
+
+def test_a_pr_opened_by_a_concurrent_run_is_updated_instead_of_opening_a_second(jobs_hub, tiny, tmp_path,
+                                                                                  monkeypatch):
+    """Duplicate deliveries racing: the other run's PR appears after this run planned, just before it commits."""
+    from huggingface_hub import CommitOperationAdd
+
+    import bot.publish as publish_module
+    from bot.card import PR_TITLE
+    from bot.job import PublishJob, make_options
+
+    hub = jobs_hub
+    sha = upload(hub, tiny)
+    real_check = publish_module._no_new_bot_pr
+    raced: list[int] = []
+
+    def racing_check(client, repo, identity, known):
+        if not raced:  # the concurrent run opens its PR now, between this run's plan and its commit
+            info = HfApi(endpoint=hub.url, token=TOKEN).create_commit(
+                REPO, [CommitOperationAdd("notes.txt", b"other run")], commit_message=PR_TITLE, create_pr=True)
+            raced.append(info.pr_num)
+        return real_check(client, repo, identity, known)
+
+    monkeypatch.setattr(publish_module, "_no_new_bot_pr", racing_check)
+    job = PublishJob(repo_id=REPO, revision=sha, options=make_options(formats=["onnx"]), trigger="webhook")
+    result = publish_module.publish(job, endpoint=hub.url, token=TOKEN, work_dir=tmp_path)
+    assert result.status == "updated" and result.pr_num == raced[0]
+    assert [d.num for d in bot_prs(hub)] == raced
+    assert "export_manifest.json" in hub.files(REPO, f"refs/pr/{raced[0]}")

@@ -27,7 +27,7 @@ from bot.server.logs import REFUSALS_LOGGER
 from bot.server.page import render_jobs_page
 from bot.server.payload import Accepted, PayloadError, decide, parse_delivery
 from bot.server.queue import QUEUED, RUNNING, STATES, JobQueue, Refused
-from bot.server.worker import Runner, WorkerPool, run_publish
+from bot.server.worker import Executor, Runner, WorkerPool, run_publish
 
 log = logging.getLogger(__name__)
 refusals = logging.getLogger(REFUSALS_LOGGER)
@@ -69,13 +69,13 @@ def _answer(status_code: int, status: str, headers: dict | None = None, **fields
     return JSONResponse({"status": status, **fields}, status_code=status_code, headers=headers)
 
 
-def create_app(settings: ServerSettings, runner: Runner | None = None) -> FastAPI:
+def create_app(settings: ServerSettings, runner: Runner | None = None, executor: Executor | None = None) -> FastAPI:
     """The ASGI app; its lifespan recovers interrupted jobs, then starts the workers, and stops them on shutdown."""
     queue = JobQueue(settings.database, max_attempts=settings.max_attempts, limits=settings.queue_limits)
     pool = WorkerPool(queue, runner or run_publish, endpoint=settings.hf_endpoint, token=settings.hf_token,
                       work_root=settings.work_root, workers=settings.workers, job_timeout=settings.job_timeout,
                       shutdown_grace=settings.shutdown_grace, child_memory=settings.child_memory,
-                      child_env=settings.child_env, dtypes=settings.dtypes)
+                      child_env=settings.child_env, dtypes=settings.dtypes, executor=executor)
     # os.environ decodes with surrogateescape: this gives back the secret's bytes as they were set
     expected_secret = settings.secret.encode("utf-8", "surrogateescape")
     http = settings.http

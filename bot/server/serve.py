@@ -104,7 +104,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", action="append", default=[], choices=["fp32", "fp16", "q8", "q4", "q4f16"],
                         help="ONNX dtype variant to offer, repeatable; each is published only if it passes its "
                              "quality gate (default: fp32 and q8, as publish)")
-    parser.add_argument("--runner", help=argparse.SUPPRESS)  # module:function replacing publish (tests, benchmarks)
+    parser.add_argument("--runner", default="local", metavar="RUNNER",
+                        help="where exports run: local (a child process per job, default) or hf-jobs (a Hugging "
+                             "Face Job per job: --job-image, --job-flavor; --job-timeout applies)")
+    jobs = parser.add_argument_group("--runner hf-jobs")
+    jobs.add_argument("--job-image", help="container image built from this project's Dockerfile")
+    jobs.add_argument("--job-flavor", default="cpu-upgrade", help="Job hardware flavor (default cpu-upgrade)")
+    jobs.add_argument("--job-namespace", help="user or organisation the Jobs run under (default: the token's user)")
+    jobs.add_argument("--job-poll", type=_positive(float), default=5.0, metavar="SECONDS",
+                      help="how often a running Job's status is checked (default 5)")
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -202,12 +210,18 @@ def run_server(args: argparse.Namespace) -> int:
     settings = settings_from(args, os.environ)
     debug = getattr(args, "debug", False)
     configure_logging(debug)
-    runner = load_runner(args.runner) if args.runner else None
+    runner = executor = None
+    if args.runner == "hf-jobs":
+        from bot.server.hfjobs_runner import executor_from
+
+        executor = executor_from(args, settings)
+    elif args.runner != "local":  # module:function replacing publish (tests, benchmarks)
+        runner = load_runner(args.runner)
     set_private_umask()
     lock = lock_state_dir(settings.state_dir)
     sock = _listen(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    app = create_app(settings, runner)
+    app = create_app(settings, runner, executor)
     server = uvicorn.Server(uvicorn_config(app, settings.http, access_log=debug))
     if not settings.hf_token:
         log.warning("HF_TOKEN is not set: only public repos can be read and no PR can be opened")
@@ -217,7 +231,7 @@ def run_server(args: argparse.Namespace) -> int:
     memory = format_size(settings.child_memory) if settings.child_memory else "no limit"
     log.info("listening on http://%s:%d (state dir %s, %d worker(s) with %s each, endpoint %s%s)", shown_host, port,
              settings.state_dir, settings.workers, memory, settings.hf_endpoint,
-             f", runner {args.runner}" if args.runner else "")
+             f", runner {args.runner}" if args.runner != "local" else "")
 
     received: list[int] = []
     handled = (signal.SIGTERM, signal.SIGINT)

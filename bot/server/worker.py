@@ -19,6 +19,10 @@ second time next to the re-queued one. The server stops a child with SIGKILL: th
 
 The runner has the signature of `bot.publish.publish`; it must be importable by name (a module-level function),
 because it is pickled to the child.
+
+Where a job runs is a strategy: by default the child process above (`WorkerPool.run_in_child`); `executor=` replaces
+it (bot.server.hfjobs_runner runs each job as a Hugging Face Job). The queue, the threads, recording the outcome and
+retrying stay the same whichever runs the export.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from bot.server.queue import JobQueue, JobRecord
 log = logging.getLogger(__name__)
 
 Runner = Callable[..., PublishResult]  # (job, *, endpoint, token, work_dir, progress) like bot.publish.publish
+# (pool, record, work_dir) -> what happened; see WorkerPool.run_in_child, the default
+Executor = Callable[["WorkerPool", JobRecord, Path], "JobOutcome | Crashed | Interrupted"]
 
 STDERR_TAIL_LINES = 20  # of a child's stderr kept to name the cause of its death
 
@@ -64,8 +70,9 @@ class WorkerPool:
     def __init__(self, queue: JobQueue, runner: Runner, *, endpoint: str, token: str | None, work_root: Path,
                  workers: int = 1, job_timeout: float = 3600.0, shutdown_grace: float = 8.0,
                  poll_interval: float = 1.0, child_memory: int | None = None, child_env: Iterable[str] = (),
-                 dtypes: tuple[str, ...] = PUBLISH_DTYPES):
+                 dtypes: tuple[str, ...] = PUBLISH_DTYPES, executor: Executor | None = None):
         self.queue = queue
+        self.executor: Executor = executor or WorkerPool.run_in_child
         self.runner = runner
         self.endpoint = endpoint
         self._token = token
@@ -134,7 +141,7 @@ class WorkerPool:
         try:
             shutil.rmtree(work_dir, ignore_errors=True)  # left over by a run the server was killed under
             work_dir.mkdir(parents=True)
-            ended = self._execute(record, work_dir)
+            ended = self.executor(self, record, work_dir)
         except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable runner: report it on the job, keep working
             log.exception("%s: could not run", label)
             ended = JobOutcome(FAILED, f"could not start the export: {type(exc).__name__}: {exc}",
@@ -164,11 +171,17 @@ class WorkerPool:
             log.error("%s: %s after %.1f s (attempt %d of %d); now %s", label, ended.reason, took,
                       record.attempts, self.queue.max_attempts, state)
 
-    def _execute(self, record: JobRecord, work_dir: Path) -> JobOutcome | Crashed | Interrupted:
-        task = ChildTask(runner=self.runner,
-                         job=PublishJob(repo_id=record.repo_id, revision=record.sha, trigger="webhook",
-                                        options=self.options),
-                         job_id=record.id, endpoint=self.endpoint, token=self._token, work_dir=work_dir,
+    def publish_job(self, record: JobRecord) -> PublishJob:
+        """What a queued push asks the pipeline to do, whichever executor runs it."""
+        return PublishJob(repo_id=record.repo_id, revision=record.sha, trigger="webhook", options=self.options)
+
+    def past_grace(self) -> bool:
+        """The server is shutting down and a running job's grace period is over: stop it and re-queue it."""
+        return self._stopping.is_set() and time.monotonic() >= self._stop_deadline
+
+    def run_in_child(self, record: JobRecord, work_dir: Path) -> JobOutcome | Crashed | Interrupted:
+        """The default executor: the export in a child process of this server (see the module docstring)."""
+        task = ChildTask(runner=self.runner, job=self.publish_job(record), job_id=record.id, endpoint=self.endpoint, token=self._token, work_dir=work_dir,
                          log_level=logging.getLogger("bot").getEffectiveLevel())
         ours, theirs = mp_connection.Pipe(duplex=True)
         oom_kills = oom_kill_count()
@@ -221,7 +234,7 @@ class WorkerPool:
                 _kill(process)
                 return JobOutcome(FAILED, f"timed out after {self.job_timeout:g} s (--job-timeout); the export "
                                           "was stopped", result_status="timeout")
-            if self._stopping.is_set() and now >= self._stop_deadline:
+            if self.past_grace():
                 _kill(process)
                 return Interrupted("re-queued: the server shut down before the job finished")
 
