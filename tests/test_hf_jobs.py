@@ -1,24 +1,17 @@
-"""Hugging Face Jobs against the emulated Hub: `deploy`, a webhook event -> a Job running `hub-export-bot job` -> one PR.
+"""Hugging Face Jobs against the emulated Hub: `deploy`, a webhook event -> a Job running `hub-export-bot job` -> a PR.
 
 The emulator (tests/emulators/hub_jobs.py) answers the Jobs and webhooks routes the real HfApi calls and really runs
-each Job's command in a subprocess, with the Job's environment and secrets only. One export happens in this file's
-main flow; every later delivery must find it and not export again.
+each Job's command in a subprocess, with the Job's environment and secrets only. Exports use the tiny random BERT; a
+delivery repeated after an export must find it and not export again.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi
 
-from tests.conftest import wait_for
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO = "acme/tiny-bert"
 SECRET = "webhook-s3cret"
 TOKEN = "hf_test_token"

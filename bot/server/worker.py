@@ -181,8 +181,8 @@ class WorkerPool:
 
     def run_in_child(self, record: JobRecord, work_dir: Path) -> JobOutcome | Crashed | Interrupted:
         """The default executor: the export in a child process of this server (see the module docstring)."""
-        task = ChildTask(runner=self.runner, job=self.publish_job(record), job_id=record.id, endpoint=self.endpoint, token=self._token, work_dir=work_dir,
-                         log_level=logging.getLogger("bot").getEffectiveLevel())
+        task = ChildTask(runner=self.runner, job=self.publish_job(record), job_id=record.id, endpoint=self.endpoint,
+                         token=self._token, work_dir=work_dir, log_level=logging.getLogger("bot").getEffectiveLevel())
         ours, theirs = mp_connection.Pipe(duplex=True)
         oom_kills = oom_kill_count()
         try:

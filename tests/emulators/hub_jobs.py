@@ -12,8 +12,8 @@
 
 A Job really runs: its command is executed here, in a subprocess, with the Job's environment, its secrets and (for a
 webhook-started Job) WEBHOOK_PAYLOAD / WEBHOOK_REPO_ID / WEBHOOK_REPO_TYPE / WEBHOOK_SECRET, and nothing else of the
-test process's environment but PATH, HOME and PYTHONPATH (and HF_HUB_DISABLE_XET: this hub speaks LFS). `hub-export-bot ...` runs as `python -m bot ...` (the image's
-entry point is this project). The image itself is not pulled or run: that is the part only the real Hub can check.
+test process's environment but PATH, HOME and PYTHONPATH (and HF_HUB_DISABLE_XET: this hub speaks LFS).
+`hub-export-bot ...` runs as `python -m bot ...` (the image's entry point is this project). The image itself is not pulled or run: that is the part only the real Hub can check.
 
 Guesses about the real service, kept here:
 - A webhook bound to a Job (`jobSourceId`) stores a copy of that Job's spec as `job` (dockerImage, command,
@@ -35,7 +35,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
