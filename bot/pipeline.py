@@ -30,6 +30,7 @@ from bot.export.torchscript import export_torchscript
 from bot.generation import GENERATION_FEATURES, check_generation
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
+from bot.progress import advance, steps
 from bot.specs import Graph, spec_for
 from bot.usage import sentence_transformers_pooling
 from bot.validate import (DEFAULT_RTOL, ValidationCase, ValidationReport, named_caller, onnx_runner,
@@ -132,9 +133,11 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     job.output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".hub-export-bot-", dir=job.output_dir))
     try:
+        steps(say, len(plan.features))
         for index, feature in enumerate(plan.features, 1):
             say(f"[{index}/{len(plan.features)}] {feature}: loading {checkpoint.model_type} weights")
             _export_feature(checkpoint, feature, job, tokenizer, staging, result, say)
+            advance(say)
             gc.collect()
         if not result.artifacts and not result.failures:
             raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "
