@@ -38,6 +38,10 @@ def _quiet_libraries(debug: bool, bars: bool) -> None:
     warnings.filterwarnings("ignore", module="transformers|torch|onnxscript|onnx_ir")
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
+    _silence_loggers()
+
+
+def _silence_loggers() -> None:
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -180,11 +184,19 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
-def _no_transformers_bars() -> None:
-    """transformers draws a weight-loading bar per model load (one per feature): noise beside ours."""
+def _quiet_exporters(reporter, debug: bool) -> None:
+    """For the commands that export. transformers draws a weight-loading bar per model load (one per feature):
+    noise beside ours; its switch also turns off huggingface_hub's download bars, which a terminal keeps. Importing
+    torch resets the levels of its loggers (torch._logging), so they are silenced again afterwards."""
     import transformers
 
+    if not debug:
+        _silence_loggers()
     transformers.utils.logging.disable_progress_bar()
+    if reporter.tty and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()
 
 
 def _export(args) -> int:
@@ -197,8 +209,8 @@ def _export(args) -> int:
     options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads,
                            args.rtol, dtypes=args.dtype)
     output = Path(args.output)
-    reporter = Reporter()
-    _no_transformers_bars()
+    reporter = Reporter(tty=sys.stderr.isatty() and not args.json)
+    _quiet_exporters(reporter, args.debug)
     removed = prepare(output, force=args.force)
     if removed:
         reporter(f"removed {len(removed)} file(s) of an earlier export in {output}: {', '.join(removed)}")
@@ -296,8 +308,8 @@ def _publish(args) -> int:
     token = os.environ.get("HF_TOKEN")
     if not token and not args.dry_run:
         raise UsageError("HF_TOKEN is not set; export a token with write access (or use --dry-run)")
-    reporter = Reporter()
-    _no_transformers_bars()
+    reporter = Reporter(tty=sys.stderr.isatty() and not args.json)
+    _quiet_exporters(reporter, args.debug)
     with tempfile.TemporaryDirectory(prefix="hub-export-bot-") as scratch:
         try:
             result = publish(job, endpoint=endpoint, token=token, work_dir=args.work_dir or Path(scratch),
