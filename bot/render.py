@@ -1,5 +1,6 @@
-"""Render results for people: the seed-style validation log and the final summary (terminal text), and the
-markdown escaping every untrusted string goes through before it reaches a card, PR description or comment."""
+"""Render results for people: the validation log and the final summary (terminal text), the one jinja2 renderer
+of the markdown templates in templates/ (model card, PR description, the Action's step summary, PR comments), and
+the markdown escaping every untrusted string goes through there."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import keyword
 import math
 import re
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: importing bot.validate loads torch, which the escaping helpers do not need
@@ -162,6 +165,13 @@ def md_code(value: object) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def md_href(value: object) -> str:
+    """A link destination, `[text](here)`: an http(s) URL with nothing that could end the link or start markup,
+    else `#` (a dead link is better than a crafted one)."""
+    text = one_line(value)
+    return text if re.fullmatch(r"https?://[^\s<>()\[\]`|\\\ufffd\"']+", text) else "#"
+
+
 def md_url(value: object) -> str:
     """An http(s) URL as an autolink `<url>`; anything else (spaces, angle brackets, other schemes) as text."""
     text = one_line(value)
@@ -183,8 +193,34 @@ def py_name(value: object) -> str:
     return text if text.isidentifier() and not keyword.iskeyword(text) and text.isascii() else py_str(text)
 
 
-MARKDOWN_FILTERS = {"md": md_text, "code": md_code, "url": md_url, "py": py_str, "py_name": py_name,
-                    "one_line": one_line}
+MARKDOWN_FILTERS = {"md": md_text, "code": md_code, "url": md_url, "href": md_href, "py": py_str,
+                    "py_name": py_name, "one_line": one_line}
+
+
+def template_text(name: str, override: Path | None = None) -> str:
+    """A template from templates/ (the source tree, else the installed bot.templates), or a user's override."""
+    if override is not None:
+        return Path(override).read_text(encoding="utf-8")
+    source_tree = Path(__file__).resolve().parent.parent / "templates" / name
+    if source_tree.is_file():
+        return source_tree.read_text(encoding="utf-8")
+    return resources.files("bot.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_template(name: str, context: dict, override: Path | None = None) -> str:
+    """Render a markdown template with the escaping filters; no autoescape (it is markdown, not HTML): the
+    templates escape every untrusted value themselves, with `md`, `code`, `url`, `href` or `one_line`."""
+    import jinja2
+
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                     autoescape=False)
+    environment.filters.update(MARKDOWN_FILTERS)
+    try:
+        return environment.from_string(template_text(name, override)).render(**context).strip() + "\n"
+    except jinja2.TemplateError as exc:
+        from bot.errors import UsageError
+
+        raise UsageError(f"template {override or name} failed to render: {exc}") from exc
 
 
 # -- JSON for machines (`--json`, the Action's report) ----------------------------------------------------------------
