@@ -156,3 +156,16 @@ def test_a_rerun_removes_stale_files_and_a_failed_rerun_leaves_no_manifest(tiny,
     assert main(["export", *model, "--atol", "1e-12", "--rtol", "0", "--format", "onnx", str(out)]) == 1
     assert not (out / "export_manifest.json").exists()
     assert not any(p.is_file() for p in Path(out).rglob("*"))
+
+
+def test_publish_json_is_one_machine_readable_summary(hub, tiny, tmp_path):
+    files = {p.name: p.read_bytes() for p in tiny("bert").iterdir() if p.is_file()}
+    hub.create_repo(REPO, files)
+    env = _env(**hub.env(), HF_HOME=str(tmp_path / "hf"), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    proc = subprocess.run([sys.executable, "-m", "bot", "publish", REPO, "--dry-run", "--format", "onnx", "--json",
+                           "--dtype", "fp32"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)  # stdout is the JSON and nothing else
+    assert data["status"] == "dry-run" and data["pr_url"] is None and data["revision"] == hub.head(REPO)
+    assert [a["path"] for a in data["export"]["artifacts"]] == ["onnx/model.onnx"]
+    assert "onnx/model.onnx" in data["files"]
