@@ -58,7 +58,6 @@ COMMENT_STATUSES = ("opened", "updated", "partial", "failed")  # up-to-date and 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
-TABLE_HEADER = "| feature | format | file | size | max diff / atol | status |"
 
 PublishFn = Callable[..., "PublishResult"]
 

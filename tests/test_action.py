@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bot import action
-from bot.action import TABLE_HEADER, escape_data, escape_property, run_action
+from bot.action import escape_data, escape_property, run_action
 from bot.github import CONTEXT, DEFAULT_RETRY, make_retry, report_to_github
 from tests import action_fakes
 from tests.emulators.github import read_github_output
@@ -589,7 +589,8 @@ def test_subprocess_push_event_opens_a_pr_with_a_green_status(gh, sha, env):
     assert (outputs["pr-url"], outputs["status"]) == (pr_url, "opened")
     assert json.loads(Path(outputs["report"]).read_text())["export"]["artifacts"][1]["path"] == "torchscript/model.pt"
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
-    assert f"opened [PR #3]({pr_url})" in summary and TABLE_HEADER in summary
+    assert f"opened [PR #3]({pr_url})" in summary
+    assert "| feature | format | file | size | max diff / atol | status |" in summary
     assert statuses(gh, sha)[-1] == ("success", CONTEXT, "2 artifacts validated, PR #3 opened", pr_url)
     assert pr_url in gh.commit_comments[(REPO, sha)][0]["body"]
     assert HF_TOKEN not in proc.stdout.split("\n", 2)[2] + proc.stderr + summary
