@@ -201,7 +201,7 @@ def _quiet_exporters(reporter, debug: bool) -> None:
 
 def _export(args) -> int:
     from bot.job import Job, make_options
-    from bot.outputdir import prepare
+    from bot.outputdir import check
     from bot.pipeline import run_export
     from bot.progress import Reporter
     from bot.render import export_data, summary, validation_log
@@ -211,9 +211,7 @@ def _export(args) -> int:
     output = Path(args.output)
     reporter = Reporter(tty=sys.stderr.isatty() and not args.json)
     _quiet_exporters(reporter, args.debug)
-    removed = prepare(output, force=args.force)
-    if removed:
-        reporter(f"removed {len(removed)} file(s) of an earlier export in {output}: {', '.join(removed)}")
+    check(output, force=args.force)
     job = Job(model=args.model, output_dir=output, revision=args.revision, options=options,
               allow_pickle=args.allow_pickle)
     try:
@@ -222,7 +220,7 @@ def _export(args) -> int:
     finally:
         reporter.close()
     if args.json:
-        print(json.dumps({**export_data(result), "removed": removed}, indent=2, default=str))
+        print(json.dumps(export_data(result), indent=2, default=str))
         return 0 if result.ok else 1
     for artifact in result.artifacts:
         print(validation_log(artifact.validation, str(output / artifact.path), args.verbose))

@@ -53,20 +53,27 @@ def survey(output: Path) -> Survey:
     return found
 
 
-def prepare(output: Path, force: bool = False) -> list[str]:
-    """Make `output` ready for a new export; returns the relative paths of the earlier export it removed.
-
-    Raises UsageError (exit 2, nothing touched) when `output` holds files the bot did not write and `force` is off.
-    With `force` those files are kept as they are; files at the paths the new export writes are replaced.
-    """
+def check(output: Path, force: bool = False) -> None:
+    """Refuse (UsageError, exit 2, nothing touched) an OUTPUT_DIR that is a file, or that holds files the bot did
+    not write unless `force`; with `force` those files are kept, and a file at a path the export writes is replaced.
+    Cheap enough to run before anything is downloaded or loaded."""
     if output.exists() and not output.is_dir():
         raise UsageError(f"{output} exists and is not a directory; choose another OUTPUT_DIR")
-    found = survey(output)
-    if found.foreign and not force:
-        shown = ", ".join(found.foreign[:5]) + (f" and {len(found.foreign) - 5} more" if len(found.foreign) > 5 else "")
+    foreign = survey(output).foreign
+    if foreign and not force:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise UsageError(f"{output} is not empty and holds files hub-export-bot did not write ({shown}); choose an "
                          f"empty or new OUTPUT_DIR, or pass --force to export into it anyway (those files are kept; "
                          f"files at the paths the export writes are replaced)")
+
+
+def clear(output: Path) -> list[str]:
+    """Remove the bot's earlier export from `output`, manifest first; returns the relative paths removed.
+
+    The pipeline calls it once the checkpoint is open and the plan made, so a mistyped model path or feature (exit 2)
+    leaves the earlier export as it was. Files the bot did not write are never touched.
+    """
+    found = survey(output)
     removed = []
     for path in found.own:
         if path.is_dir():

@@ -262,7 +262,8 @@ def export_data(export: object) -> dict | None:
             "revision": getattr(export, "revision", None), "model_type": getattr(export, "model_type", None),
             "primary": getattr(export, "primary", None), "artifacts": artifacts, "failures": failures,
             "skipped": dict(getattr(export, "skipped", None) or {}),
-            "manifest": str(manifest) if manifest else None, "seconds": timings.get("total")}
+            "manifest": str(manifest) if manifest else None, "seconds": timings.get("total"),
+            "removed": list(getattr(export, "removed", None) or [])}
 
 
 def publish_data(result) -> dict:

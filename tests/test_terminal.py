@@ -140,6 +140,12 @@ def test_a_rerun_removes_stale_files_and_a_failed_rerun_leaves_no_manifest(tiny,
     model = ["--model", str(tiny("bert")), "--exporter", "torchscript"]
     assert main(["export", *model, str(out)]) == 0
     assert (out / "torchscript" / "model.pt").is_file()
+    capsys.readouterr()
+    # bad input is found before the earlier export is touched
+    assert main(["export", "--model", str(tmp_path / "typo"), str(out)]) == 2
+    assert main(["export", *model, "--feature", "summarize", str(out)]) == 2
+    assert (out / "torchscript" / "model.pt").is_file() and (out / "export_manifest.json").is_file()
+    capsys.readouterr()
     assert main(["export", *model, "--format", "onnx", str(out)]) == 0
     assert "removed 3 file(s) of an earlier export" in capsys.readouterr().err
     assert not (out / "torchscript").exists()  # stale: not part of this export
