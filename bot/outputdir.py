@@ -3,8 +3,9 @@
 A folder is the bot's to reuse only for what an earlier export_manifest.json lists with the same sha256 (plus the
 manifest itself and leftover staging folders of an interrupted run). Anything else is someone's file: `export`
 refuses to write next to it unless told to (`--force`), so a typo in OUTPUT_DIR never mixes artifacts into a
-project folder. The earlier export is removed before the new one starts, manifest first: a rerun that fails can
-then never leave a manifest claiming artifacts it did not validate, nor stale artifacts from an earlier run.
+project folder (`check`, run first). The earlier export is removed before the new one starts, manifest first
+(`clear`, run by the pipeline once the checkpoint and plan are good): a rerun that fails can then never leave a
+manifest claiming artifacts it did not validate, nor stale artifacts from an earlier run.
 """
 
 from __future__ import annotations
