@@ -44,12 +44,13 @@ from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TextIO
 from bot import __version__
 from bot.errors import BotError, UsageError
 from bot.job import PUBLISH_DTYPES, ExportOptions, PublishJob, make_options
+from bot.render import export_data
 
 if TYPE_CHECKING:
     from bot.publish import PublishResult
 
 PUBLISH_HOOK = "HUB_EXPORT_BOT_PUBLISH"
-EVENTS = ("push", "workflow_dispatch")
+EVENTS = ("push", "workflow_dispatch", "pull_request")  # pull_request only with dry-run (read_inputs)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_SERVER = "https://github.com"
 SUCCESS_STATUSES = ("opened", "updated", "up-to-date", "dry-run")  # bot.publish's statuses that exit 0
@@ -57,7 +58,6 @@ COMMENT_STATUSES = ("opened", "updated", "partial", "failed")  # up-to-date and 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
-TABLE_HEADER = "| feature | format | file | size | max diff / atol | status |"
 
 PublishFn = Callable[..., "PublishResult"]
 
@@ -174,21 +174,25 @@ def read_context(environ: Mapping[str, str]) -> ActionContext:
     if missing:
         raise UsageError(f"{', '.join(missing)} not set: `hub-export-bot action` runs as a step of a GitHub Actions "
                          f"job (see the hub-export-bot README); on your machine use `hub-export-bot publish`")
-    if event in ("pull_request", "pull_request_target"):
-        raise UsageError(f"the {event} event is not supported: a pull request's code is not yours to publish yet "
-                         f"(and fork PRs get no secrets); run the action on `push` to your default branch or on "
-                         f"`workflow_dispatch`")
+    if event == "pull_request_target":
+        raise UsageError("the pull_request_target event is not supported: it runs a PR's files with your secrets; "
+                         "use `on: pull_request` with `dry-run: true` to check a PR")
     if event not in EVENTS:
         raise UsageError(f"the {event!r} event is not supported: run the action `on: push` (to the branch that holds "
-                         f"the model) or `on: workflow_dispatch`")
+                         f"the model), `on: workflow_dispatch`, or `on: pull_request` with `dry-run: true`")
     payload = _read_event(environ.get("GITHUB_EVENT_PATH", ""))
     head = payload.get("head_commit") or {}
     title = (head.get("message") or "").splitlines()[0] if isinstance(head, dict) and head.get("message") else ""
+    sha = environ["GITHUB_SHA"]
+    pull = payload.get("pull_request")
+    if event == "pull_request" and isinstance(pull, dict):  # GITHUB_SHA is a merge commit nobody sees: use the head
+        title = str(pull.get("title") or "")
+        sha = str((pull.get("head") or {}).get("sha") or sha)
     server = (environ.get("GITHUB_SERVER_URL") or DEFAULT_SERVER).rstrip("/")
     repository = environ["GITHUB_REPOSITORY"]
     run_id = environ.get("GITHUB_RUN_ID")
     return ActionContext(
-        event_name=event, repository=repository, sha=environ["GITHUB_SHA"],
+        event_name=event, repository=repository, sha=sha,
         workspace=Path(environ["GITHUB_WORKSPACE"]), server_url=server,
         api_url=(environ.get("GITHUB_API_URL") or "").rstrip("/") or None,
         run_url=f"{server}/{repository}/actions/runs/{run_id}" if run_id else None,
@@ -230,7 +234,7 @@ def read_inputs(environ: Mapping[str, str], workspace: Path) -> ActionInputs:
     model_path = environ.get("INPUT_MODEL_PATH", "").strip() or "."
     return ActionInputs(hub_repo=hub_repo, model_path=model_path, model_dir=resolve_model_dir(workspace, model_path),
                         options=options, hf_token=hf_token, github_token=get("GITHUB_TOKEN"), dry_run=dry_run,
-                        comment=_boolean("comment", get("COMMENT"), default=True))
+                        comment=_boolean("comment", get("COMMENT"), default=False))
 
 
 def _split(value: str) -> list[str]:
@@ -337,6 +341,10 @@ def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = Non
     try:
         context = read_context(environ)
         inputs = read_inputs(environ, context.workspace)
+        if context.event_name == "pull_request" and not inputs.dry_run:
+            raise UsageError("a pull_request event runs only with `dry-run: true`: a PR's checkpoint is not yours to "
+                             "publish yet (and fork PRs get no secrets); it exports and validates, and the summary "
+                             "shows the results. Publish `on: push` to your default branch or `workflow_dispatch`")
         publish = publish_fn or _resolve_publish(environ, console)
     except UsageError as exc:
         console.error(str(exc), title="hub-export-bot: bad input")
@@ -376,9 +384,9 @@ def run_action(environ: Mapping[str, str], *, publish_fn: PublishFn | None = Non
         console.line(f"{result.status}: {result.message}" + (f" {result.pr_url}" if result.pr_url else ""))
 
     view = RunView(context, inputs, endpoint, crashed)
-    body = results_markdown(result, view)
-    reporter.final(result, body, view.hub_url)
-    results.write(result, view, body, exit_code, work_dir, reporter.errors)
+    reporter.final(result, results_markdown(result, view), view.hub_url)
+    results.write(result, view, results_markdown(result, view, reporter.errors), exit_code, work_dir,
+                  reporter.errors)
     return exit_code
 
 
@@ -466,10 +474,13 @@ class RunView:
         return f"{self.endpoint}/{self.inputs.hub_repo}"
 
 
-def _cell(text: object) -> str:
-    """A markdown table cell: one line, pipes escaped, long error texts shortened (the log has them in full)."""
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= 300 else text[:299] + "…"
+SUMMARY_TEMPLATE = "action_summary.md.j2"
+
+
+def _shorten(text: object, limit: int = 300) -> str:
+    """One line, long error texts shortened (the log has them in full); cut before escaping, in the template."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _diff(value: object) -> str:
@@ -478,111 +489,47 @@ def _diff(value: object) -> str:
     return f"{value:.1e}" if isinstance(value, (int, float)) and math.isfinite(value) else str(value)
 
 
-def _worst(validation: object) -> float | None:
-    diffs = getattr(validation, "max_abs_diff", None) or {}
-    values = list(diffs.values()) if isinstance(diffs, dict) else [diffs]
-    return max(values) if values else None
+def results_markdown(result: PublishResult, view: RunView, github_errors: list[str] = ()) -> str:
+    """The step summary and the commit comment (templates/action_summary.md.j2): headline, source, per-artifact
+    table, skipped features, and on failure why it failed and how to retry."""
+    from bot.render import collapse_skipped, render_template
+
+    context, inputs, export = view.context, view.inputs, result.export
+    failures = list(getattr(export, "failures", None) or [])
+    artifacts = list(getattr(export, "artifacts", None) or [])
+    return render_template(SUMMARY_TEMPLATE, {
+        "status": result.status, "hub_repo": inputs.hub_repo, "hub_url": view.hub_url, "pr_url": result.pr_url,
+        "pr_num": result.pr_num, "pr_action": result.pr_action or "", "message": str(result.message),
+        "failed_count": len(failures), "requested_count": len(failures) + len(artifacts),
+        "repository": context.repository, "sha": context.sha, "source_url": context.source_url,
+        "commit_title": context.commit_title, "model_path": inputs.model_path,
+        "rows": _artifact_rows(artifacts, failures),
+        "skipped": collapse_skipped(dict(getattr(export, "skipped", None) or {})),
+        "withheld": [{"path": str(w.get("path")), "reason": _shorten(w.get("reason"))}
+                     for w in getattr(result, "withheld", None) or []],
+        "removed": list(getattr(result, "removed", None) or []), "files": list(result.files),
+        "validation_failed": any(getattr(f, "validation", None) is not None for f in failures),
+        "crashed": view.crashed, "run_url": context.run_url, "version": __version__,
+        "github_errors": list(github_errors)})
 
 
-def results_markdown(result: PublishResult, view: RunView) -> str:
-    """The step summary and the commit comment: headline, source, per-artifact table, skipped features, and on
-    failure why it failed and how to retry."""
-    context, inputs = view.context, view.inputs
-    repo = f"[`{inputs.hub_repo}`]({view.hub_url})"
-    pr = f"[PR #{result.pr_num}]({result.pr_url})" if result.pr_url else "a PR"
-    headline = {
-        "opened": f"✅ hub-export-bot opened {pr} on {repo}",
-        "updated": f"✅ hub-export-bot updated {pr} on {repo}",
-        "up-to-date": f"✅ {repo} is up to date: nothing to export",
-        "dry-run": f"🧪 Dry run: nothing was published to {repo}",
-        "partial": f"⚠️ hub-export-bot {_partial_action(result, pr)} on {repo}, but {_failed_count(result)} failed",
-    }.get(result.status, f"❌ hub-export-bot could not publish to {repo}")
-    source = f"[`{context.repository}@{context.sha[:7]}`]({context.source_url})"
-    lines = [f"### {headline}", "",
-             f"Source: {source}" + (f" ({_cell(context.commit_title)})" if context.commit_title else "")
-             + f", model path `{inputs.model_path}`", ""]
-    if result.pr_url:
-        lines += [f"**Pull request:** {result.pr_url}", ""]
-    if result.status != "failed":
-        lines += [_cell(result.message), ""]
-    lines += _artifact_table(result.export)
-    lines += _file_changes(result)
-    if result.status == "dry-run" and result.files:
-        lines += ["<details><summary>Files the PR would add or update</summary>", ""]
-        lines += [f"- `{path}`" for path in result.files] + ["", "</details>", ""]
-    if result.status == "failed":
-        lines += ["#### Why it failed", "", "> " + "\n> ".join(str(result.message).splitlines() or [""]), ""]
-    if result.status in ("failed", "partial"):
-        lines += ["#### How to retry", ""] + [f"- {hint}" for hint in _retry_hints(result, view)] + [""]
-    if context.run_url:
-        lines += [f"[Job log]({context.run_url}) · hub-export-bot {__version__}", ""]
-    return "\n".join(lines)
-
-
-def _partial_action(result: PublishResult, pr: str) -> str:
-    return {"opened": f"opened {pr}", "updated": f"updated {pr}", "kept": f"kept {pr} as it was"}.get(
-        result.pr_action or "", "published nothing")
-
-
-def _failed_count(result: PublishResult) -> str:
-    failures = len(getattr(result.export, "failures", None) or [])
-    total = failures + len(getattr(result.export, "artifacts", None) or [])
-    return f"{failures} of {total} requested artifact{'s' if total != 1 else ''}"
-
-
-def _file_changes(result: PublishResult) -> list[str]:
-    """Files left out (a maintainer's file holds their path) and the bot's own files the PR removes."""
-    lines = []
-    withheld = getattr(result, "withheld", None) or []
-    if withheld:
-        lines += ["**Left out**", ""] + [f"- `{_cell(w.get('path'))}`: {_cell(w.get('reason'))}" for w in withheld]
-        lines += [""]
-    removed = getattr(result, "removed", None) or []
-    if removed:
-        lines += ["**Removed** (written by hub-export-bot earlier, no longer exported)", ""]
-        lines += [f"- `{_cell(path)}`" for path in removed] + [""]
-    return lines
-
-
-def _artifact_table(export: object) -> list[str]:
-    if export is None:
-        return []
-    from bot.render import human_size  # lazily: bot.render loads torch, which only a real export needs
+def _artifact_rows(artifacts: list, failures: list) -> list[dict]:
+    from bot.render import human_size, worst_diff  # lazily: the validation types behind them load torch
 
     rows = []
-    for a in getattr(export, "artifacts", []):
+    for a in artifacts:
         validation = getattr(a, "validation", None)
-        atol = getattr(validation, "atol", None)
         passed = getattr(validation, "passed", True)
-        verdict = "✅ validated" if passed else "❌ not close"
-        rows.append(f"| `{a.feature}` | {_FORMAT_NAMES.get(a.format, a.format)} | `{a.path}` | {human_size(a.size)} "
-                    f"| {_diff(_worst(validation))} / {_diff(atol)} | {verdict} |")
-    for f in getattr(export, "failures", []):
+        rows.append({"feature": a.feature, "format_name": _FORMAT_NAMES.get(a.format, a.format), "path": a.path,
+                     "size": human_size(a.size), "error": None,
+                     "diff": f"{_diff(worst_diff(validation))} / {_diff(getattr(validation, 'atol', None))}",
+                     "verdict": "✅ validated" if passed else "❌ not close"})
+    for f in failures:
         validation = getattr(f, "validation", None)
-        diff = f"{_diff(_worst(validation))} / {_diff(validation.atol)}" if validation is not None else "—"
-        rows.append(f"| `{f.feature}` | {_FORMAT_NAMES.get(f.format, f.format)} | not written | — | {diff} "
-                    f"| ❌ {_cell(f.error)} |")
-    lines = []
-    if rows:
-        lines += [TABLE_HEADER, "|---|---|---|--:|---|---|", *rows, ""]
-    skipped = getattr(export, "skipped", None) or {}
-    if skipped:
-        lines += ["**Skipped features**", ""] + [f"- `{name}`: {_cell(why)}" for name, why in skipped.items()] + [""]
-    return lines
-
-
-def _retry_hints(result: PublishResult, view: RunView) -> list[str]:
-    hints = []
-    failures = getattr(result.export, "failures", None) or []
-    if any(getattr(f, "validation", None) is not None for f in failures):
-        hints.append("If the differences are small and expected for this model, raise the tolerance with the `atol` "
-                     "input, or leave the failing feature or format out with the `features` / `formats` inputs.")
-    if view.crashed:
-        hints.append("This looks like a bug in hub-export-bot: the traceback is in the job log; please report it.")
-    hints.append("Fix the cause and push again, or re-run this job (Actions → this run → Re-run jobs), or start it "
-                 "by hand if the workflow has `workflow_dispatch`. A re-run updates the bot's open PR instead of "
-                 "opening a second one.")
-    return hints
+        diff = f"{_diff(worst_diff(validation))} / {_diff(validation.atol)}" if validation is not None else "—"
+        rows.append({"feature": f.feature, "format_name": _FORMAT_NAMES.get(f.format, f.format), "path": None,
+                     "size": "—", "diff": diff, "verdict": "❌", "error": _shorten(f.error)})
+    return rows
 
 
 class ResultFiles:
@@ -594,7 +541,7 @@ class ResultFiles:
         self.runner_temp = Path(environ.get("RUNNER_TEMP") or tempfile.gettempdir())
         self.console = console
 
-    def write(self, result: PublishResult, view: RunView, body: str, exit_code: int, work_dir: Path,
+    def write(self, result: PublishResult, view: RunView, summary: str, exit_code: int, work_dir: Path,
               github_errors: list[str]) -> None:
         report = {
             "status": result.status, "exit_code": exit_code, "message": result.message,
@@ -606,22 +553,23 @@ class ResultFiles:
                        "url": view.context.source_url, "model_path": view.inputs.model_path},
             "dry_run": view.inputs.dry_run, "work_dir": str(work_dir),
             "export": export_data(result.export),
+            "output_dir": str(getattr(result.export, "output_dir", "") or ""),
             "github_errors": list(github_errors),
             "version": __version__,
         }
         path = self._report(report)
-        self._outputs({"pr-url": result.pr_url or "", "report": str(path), "status": result.status})
-        notes = [f"> ⚠️ GitHub: {error}" for error in github_errors]
-        self._summary(body + ("\n" + "\n>\n".join(notes) + "\n" if notes else ""))
+        exported = getattr(result.export, "output_dir", None) if getattr(result.export, "artifacts", None) else None
+        self._outputs({"pr-url": result.pr_url or "", "pr-number": "" if result.pr_num is None else str(result.pr_num),
+                       "report": str(path), "status": result.status, "output-dir": str(exported or "")})
+        self._summary(summary)
 
     def write_bad_input(self, message: str) -> None:
         path = self._report({"status": "failed", "exit_code": 2, "message": message, "pr_url": None,
                              "version": __version__})
-        self._outputs({"pr-url": "", "report": str(path), "status": "failed"})
-        self._summary("\n".join(["### ❌ hub-export-bot: bad input, nothing was published", "",
-                                 "> " + message, "",
-                                 "Fix the action's inputs in the workflow file (the hub-export-bot README lists "
-                                 "them) and push again.", ""]))
+        self._outputs({"pr-url": "", "pr-number": "", "report": str(path), "status": "failed", "output-dir": ""})
+        from bot.render import render_template
+
+        self._summary(render_template("action_bad_input.md.j2", {"message": message}))
 
     def _report(self, data: dict) -> Path:
         fd, name = tempfile.mkstemp(prefix="hub-export-bot-report-", suffix=".json", dir=_ensure_dir(self.runner_temp))
@@ -642,35 +590,6 @@ class ResultFiles:
         if self.summary:
             with open(self.summary, "a", encoding="utf-8") as handle:
                 handle.write(self.console.redact(markdown) + "\n")
-
-
-def _finite(value: object) -> object:
-    """JSON has no NaN or infinity; a diff that blew up is reported as a string."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
-
-
-def export_data(export: object) -> dict | None:
-    """The ExportResult as plain JSON: one row per artifact and per failure, and the skipped features."""
-    if export is None:
-        return None
-    artifacts = []
-    for a in getattr(export, "artifacts", []):
-        v = getattr(a, "validation", None)
-        per_output = {k: _finite(x) for k, x in (getattr(v, "max_abs_diff", None) or {}).items()}
-        artifacts.append({"path": a.path, "format": a.format, "feature": a.feature, "size": a.size,
-                          "exporter": getattr(a, "exporter", None), "passed": getattr(v, "passed", None),
-                          "atol": getattr(v, "atol", None), "max_abs_diff": _finite(_worst(v)),
-                          "max_abs_diff_per_output": per_output})
-    failures = []
-    for f in getattr(export, "failures", []):
-        v = getattr(f, "validation", None)
-        failures.append({"feature": f.feature, "format": f.format, "error": f.error,
-                         "atol": getattr(v, "atol", None), "max_abs_diff": _finite(_worst(v)) if v else None})
-    return {"source": getattr(export, "source", None), "model_type": getattr(export, "model_type", None),
-            "primary": getattr(export, "primary", None), "artifacts": artifacts, "failures": failures,
-            "skipped": dict(getattr(export, "skipped", None) or {})}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,12 @@ import copy
 import json
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-import jinja2
 import yaml
 
 from bot.manifest import library_versions
-from bot.render import MARKDOWN_FILTERS, human_size, md_code, md_text, one_line
+from bot.render import human_size, md_code, md_text, one_line, render_template
 from bot.usage import usage_context
 
 START, END = "<!-- hub-export-bot:start -->", "<!-- hub-export-bot:end -->"
@@ -32,25 +30,8 @@ PR_TITLE = "Add validated ONNX and TorchScript exports (hub-export-bot)"
 _FORMAT_NAMES = {"onnx": "ONNX", "torchscript": "TorchScript"}
 
 
-def _template_text(name: str, override: Path | None = None) -> str:
-    if override is not None:
-        return Path(override).read_text(encoding="utf-8")
-    source_tree = Path(__file__).resolve().parent.parent / "templates" / name
-    if source_tree.is_file():
-        return source_tree.read_text(encoding="utf-8")
-    return resources.files("bot.templates").joinpath(name).read_text(encoding="utf-8")
-
-
 def _render(name: str, context: dict, override: Path | None = None) -> str:
-    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                                     autoescape=False)
-    environment.filters.update(MARKDOWN_FILTERS)  # md, code, url, py, one_line: for every untrusted string
-    try:
-        return environment.from_string(_template_text(name, override)).render(**context).strip() + "\n"
-    except jinja2.TemplateError as exc:
-        from bot.errors import UsageError
-
-        raise UsageError(f"template {override or name} failed to render: {exc}") from exc
+    return render_template(name, context, override)
 
 
 def _artifact_row(artifact) -> dict:

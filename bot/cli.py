@@ -1,4 +1,8 @@
-"""Command line: argument parsing, exit codes (0 ok, 1 failed, 2 bad input, 3 partial publish) and progress display."""
+"""Command line: argument parsing, exit codes (0 ok, 1 failed, 2 bad input, 3 partial publish) and progress display.
+
+Imports are lazy: `features bert` must answer without loading torch or transformers (about 2 s here), so only the
+commands that export import them.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ import os
 import signal
 import sys
 import threading
-import time
 import traceback
+import warnings
 from pathlib import Path
 
 from bot import __version__
@@ -18,26 +22,33 @@ from bot.errors import BotError, UsageError
 from bot.server.serve import add_serve_parser, run_server
 
 
-def _quiet_libraries() -> None:
-    """transformers and torch.onnx talk a lot; the user wants our log, not theirs."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    for name in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx.experimental.symbolic_shapes"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+_NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx.experimental.symbolic_shapes",
+                  "onnxscript", "onnx_ir", "transformers")
 
 
-def _progress(start: float):
-    def show(message: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f}s] {message}", file=sys.stderr, flush=True)
+def _quiet_libraries(debug: bool, bars: bool) -> None:
+    """transformers, torch.onnx and onnxscript talk a lot (FutureWarnings, an optimizer's traceback logged at
+    warning level); the user wants our log, not theirs. `--debug` lets everything through. Download bars from
+    huggingface_hub stay on when ours are (a TTY)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "debug" if debug else "error")
+    if not bars:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if debug:
+        return
+    warnings.filterwarnings("ignore", module="transformers|torch|onnxscript|onnx_ir")
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    _silence_loggers()
 
-    return show
+
+def _silence_loggers() -> None:
+    for name in _NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON summary on stdout instead of the log and table (progress stays on stderr)")
     parser.add_argument("--revision", help="branch, tag or commit of a Hub repo (default: its default branch)")
     parser.add_argument("--feature", action="append", default=[], metavar="F",
                         help="feature to export, repeatable (default: every feature whose weights are present); "
@@ -69,19 +80,32 @@ def _add_spec_option(parser: argparse.ArgumentParser) -> None:
                         help="register a custom architecture (a bot.custom.Architecture) before running; repeatable")
 
 
+def _global_options(suppress: bool) -> argparse.ArgumentParser:
+    """--debug and -v, accepted before and after the subcommand: the subcommand's copies default to SUPPRESS so
+    they never overwrite a flag given before it."""
+    parent = argparse.ArgumentParser(add_help=False)
+    default = argparse.SUPPRESS if suppress else False
+    parent.add_argument("--debug", action="store_true", default=default,
+                        help="show tracebacks, debug logs and the libraries' warnings")
+    parent.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="the full validation log (every output of every input shape), not one line per shape")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="hub-export-bot",
+        prog="hub-export-bot", parents=[_global_options(suppress=False)],
         description="Export Hugging Face checkpoints to validated ONNX and TorchScript artifacts.")
     parser.add_argument("--version", action="version", version=f"hub-export-bot {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = _GlobalSubparsers(parser.add_subparsers(dest="command", required=True))
 
     export = commands.add_parser("export", help="export a checkpoint into OUTPUT_DIR",
                                  description="Export every supported feature of a checkpoint, validate each "
                                              "artifact against PyTorch, and write export_manifest.json.")
     export.add_argument("-m", "--model", required=True, help="checkpoint directory or Hub repo id")
     export.add_argument("output", metavar="OUTPUT_DIR", help="where to write onnx/, torchscript/ and the manifest")
+    export.add_argument("--force", action="store_true",
+                        help="export into an OUTPUT_DIR that holds files hub-export-bot did not write (they are kept)")
     _add_export_options(export)
 
     publish = commands.add_parser(
@@ -101,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     features = commands.add_parser("features", help="list the features a model type or checkpoint supports")
     features.add_argument("target", metavar="MODEL_TYPE_OR_PATH", nargs="?",
-                          help="a model type or a checkpoint directory (omit with --markdown)")
+                          help="a model type, a checkpoint directory or a Hub repo id (only its config.json is "
+                               "fetched; HF_ENDPOINT and HF_TOKEN are honoured); omit with --markdown")
     output = features.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="machine-readable output")
     output.add_argument("--markdown", action="store_true",
@@ -109,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_option(features)
     add_serve_parser(commands)
     return parser
+
+
+class _GlobalSubparsers:
+    """The subparsers action, adding the global options to every subcommand it creates."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def add_parser(self, name: str, **kwargs):
+        kwargs["parents"] = [*kwargs.get("parents", []), _global_options(suppress=True)]
+        return self.action.add_parser(name, **kwargs)
 
 
 class Terminated(KeyboardInterrupt):
@@ -127,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        _quiet_libraries()
+        _quiet_libraries(args.debug, bars=sys.stderr.isatty() and not getattr(args, "json", False))
         if getattr(args, "max_memory", None):  # read by bot.budget, in this process and in its children
             from bot.budget import MEMORY_ENV, parse_size
 
@@ -148,22 +184,46 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
+def _quiet_exporters(reporter, debug: bool) -> None:
+    """For the commands that export. transformers draws a weight-loading bar per model load (one per feature):
+    noise beside ours; its switch also turns off huggingface_hub's download bars, which a terminal keeps. Importing
+    torch resets the levels of its loggers (torch._logging), so they are silenced again afterwards."""
+    import transformers
+
+    if not debug:
+        _silence_loggers()
+    transformers.utils.logging.disable_progress_bar()
+    if reporter.tty and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is None:
+        from huggingface_hub.utils import enable_progress_bars
+
+        enable_progress_bars()
+
+
 def _export(args) -> int:
     from bot.job import Job, make_options
+    from bot.outputdir import check
     from bot.pipeline import run_export
-    from bot.render import summary, validation_log
+    from bot.progress import Reporter
+    from bot.render import export_data, summary, validation_log
 
     options = make_options(args.feature, args.format, args.opset, args.atol, args.exporter, args.allow_random_heads,
                            args.rtol, dtypes=args.dtype)
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise UsageError(f"{output} exists and is not a directory; choose another OUTPUT_DIR")
+    reporter = Reporter(tty=sys.stderr.isatty() and not args.json)
+    _quiet_exporters(reporter, args.debug)
+    check(output, force=args.force)
     job = Job(model=args.model, output_dir=output, revision=args.revision, options=options,
               allow_pickle=args.allow_pickle)
-    result = run_export(job, progress=_progress(time.perf_counter()), endpoint=os.environ.get("HF_ENDPOINT"),
-                        token=os.environ.get("HF_TOKEN"))
+    try:
+        result = run_export(job, progress=reporter, endpoint=os.environ.get("HF_ENDPOINT"),
+                            token=os.environ.get("HF_TOKEN"))
+    finally:
+        reporter.close()
+    if args.json:
+        print(json.dumps(export_data(result), indent=2, default=str))
+        return 0 if result.ok else 1
     for artifact in result.artifacts:
-        print(validation_log(artifact.validation, str(output / artifact.path)))
+        print(validation_log(artifact.validation, str(output / artifact.path), args.verbose))
     for failure in result.failures:
         if failure.validation:
             print(validation_log(failure.validation, f"{failure.feature} ({failure.format}, not written)"))
@@ -172,30 +232,14 @@ def _export(args) -> int:
 
 
 def _features(args) -> int:
-    from bot import checkpoint as ckpt
-    from bot.custom import resolve_support
-
     if args.markdown:
         from bot.matrix import support_matrix
 
         print(support_matrix(), end="")
         return 0
     if not args.target:
-        raise UsageError("name a model type or a checkpoint directory, or pass --markdown")
-    target = Path(args.target)
-    if target.is_dir():
-        checkpoint = ckpt.open_checkpoint(target, args.target)
-        supported, skipped = ckpt.probe_features(checkpoint)
-        data = {"model_type": checkpoint.model_type, "family": checkpoint.support.family,
-                "origin": checkpoint.support.origin,
-                "primary": ckpt.primary_feature(checkpoint.config, supported) if supported else None,
-                "supported": supported, "skipped": skipped}
-    else:
-        if os.sep in args.target or args.target.startswith("."):
-            raise UsageError(f"{args.target} is not a directory; pass a checkpoint directory or a model type")
-        support = resolve_support(args.target)
-        data = {"model_type": support.model_type, "family": support.family, "origin": support.origin,
-                "supported": list(support.features)}
+        raise UsageError("name a model type, a checkpoint directory or a Hub repo id, or pass --markdown")
+    data = _features_of(args.target)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -207,12 +251,46 @@ def _features(args) -> int:
     return 0
 
 
+def _features_of(target: str) -> dict:
+    """A checkpoint directory: probed (loads torch); a Hub repo id: its config.json's model type; a model type:
+    the registry, which needs no torch for the architectures it ships."""
+    from bot.features import SUPPORT
+
+    if Path(target).is_dir():
+        from bot import checkpoint as ckpt
+
+        checkpoint = ckpt.open_checkpoint(Path(target), target)
+        supported, skipped = ckpt.probe_features(checkpoint)
+        return {"model_type": checkpoint.model_type, "family": checkpoint.support.family,
+                "origin": checkpoint.support.origin,
+                "primary": ckpt.primary_feature(checkpoint.config, supported) if supported else None,
+                "supported": supported, "skipped": skipped}
+    repo = None
+    if target.count("/") == 1 and not target.startswith((".", "/", "~")):
+        from bot.hub import read_model_type
+
+        repo, target = target, read_model_type(target, endpoint=os.environ.get("HF_ENDPOINT"),
+                                               token=os.environ.get("HF_TOKEN"))
+    elif os.sep in target or target.startswith("."):
+        raise UsageError(f"{target} is not a directory; pass a checkpoint directory, a Hub repo id or a model type")
+    if target in SUPPORT:
+        support = SUPPORT[target]
+    else:
+        from bot.custom import resolve_support
+
+        support = resolve_support(target)
+    data = {"model_type": support.model_type, "family": support.family, "origin": support.origin,
+            "supported": list(support.features)}
+    return {"repo_id": repo, **data} if repo else data
+
+
 def _publish(args) -> int:
     import tempfile
 
     from bot.job import PUBLISH_DTYPES, PublishJob, make_options
+    from bot.progress import Reporter
     from bot.publish import publish
-    from bot.render import publish_summary
+    from bot.render import publish_data, publish_summary
 
     if args.allow_pickle:
         raise UsageError("--allow-pickle is not available for publish: convert the repo's weights to safetensors")
@@ -228,10 +306,16 @@ def _publish(args) -> int:
     token = os.environ.get("HF_TOKEN")
     if not token and not args.dry_run:
         raise UsageError("HF_TOKEN is not set; export a token with write access (or use --dry-run)")
+    reporter = Reporter(tty=sys.stderr.isatty() and not args.json)
+    _quiet_exporters(reporter, args.debug)
     with tempfile.TemporaryDirectory(prefix="hub-export-bot-") as scratch:
-        result = publish(job, endpoint=endpoint, token=token, work_dir=args.work_dir or Path(scratch),
-                         progress=_progress(time.perf_counter()))
-    print(publish_summary(result))
+        try:
+            result = publish(job, endpoint=endpoint, token=token, work_dir=args.work_dir or Path(scratch),
+                             progress=reporter)
+        finally:
+            reporter.close()
+    print(json.dumps(publish_data(result), indent=2, default=str) if args.json
+          else publish_summary(result, args.verbose))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return result.exit_code  # 0 done, 1 failed, 3 partial (see bot.job); bad input raised UsageError: 2

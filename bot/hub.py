@@ -432,3 +432,21 @@ def download_checkpoint(repo_id: str, revision: str | None, select: Callable[[li
     client = HubClient(endpoint, token, cache_dir or Path(HF_HUB_CACHE))
     state = client.state(repo_id, revision)
     return client.download(repo_id, state.sha, select(list(state.files))), state.sha
+
+
+def read_model_type(repo_id: str, *, endpoint: str | None, token: str | None, revision: str | None = None) -> str:
+    """The `model_type` of a Hub repo's config.json, fetched alone (no weights, no cache) for `features`."""
+    import json
+    import tempfile
+
+    client = HubClient(endpoint or DEFAULT_ENDPOINT, token, Path(tempfile.gettempdir()))
+    text = client.read_text(repo_id, "config.json", revision or "main")
+    if text is None:
+        raise UsageError(f"{repo_id} has no config.json; it is not a transformers checkpoint")
+    try:
+        model_type = json.loads(text).get("model_type")
+    except (ValueError, AttributeError):
+        model_type = None
+    if not isinstance(model_type, str) or not model_type:
+        raise UsageError(f"the config.json of {repo_id} names no model_type; it is not a transformers checkpoint")
+    return model_type

@@ -30,6 +30,8 @@ from bot.export.torchscript import export_torchscript
 from bot.generation import GENERATION_FEATURES, check_generation
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
+from bot.outputdir import clear as clear_earlier_export
+from bot.progress import advance, steps
 from bot.specs import Graph, spec_for
 from bot.usage import sentence_transformers_pooling
 from bot.validate import (DEFAULT_RTOL, ValidationCase, ValidationReport, named_caller, onnx_runner,
@@ -93,6 +95,7 @@ class ExportResult:
     manifest_path: Path | None = None
     pooling: dict | None = None  # a sentence-transformers model's pooling (bot.usage), shown in the card
     refused: list = field(default_factory=list)  # dtype variants not published: bot.export.variants.Refusal
+    removed: list[str] = field(default_factory=list)  # files of an earlier export in output_dir, removed first
 
     @property
     def ok(self) -> bool:
@@ -128,13 +131,18 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
                           pooling=sentence_transformers_pooling(checkpoint.path))
     result.timings["plan"] = time.perf_counter() - started
 
+    result.removed = clear_earlier_export(job.output_dir)  # never a stale manifest or artifact beside the new ones
+    if result.removed:
+        say(f"removed {len(result.removed)} file(s) of an earlier export: {', '.join(result.removed)}")
     created = not job.output_dir.exists()
     job.output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".hub-export-bot-", dir=job.output_dir))
     try:
+        steps(say, len(plan.features))
         for index, feature in enumerate(plan.features, 1):
             say(f"[{index}/{len(plan.features)}] {feature}: loading {checkpoint.model_type} weights")
             _export_feature(checkpoint, feature, job, tokenizer, staging, result, say)
+            advance(say)
             gc.collect()
         if not result.artifacts and not result.failures:
             raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "

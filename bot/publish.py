@@ -30,6 +30,7 @@ from bot.pipeline import run_export
 
 log = logging.getLogger(__name__)
 OPEN = ("open", "draft")
+UPDATE_TEMPLATE = "update_comment.md.j2"  # the comment on the bot's PR when a new export updates it
 
 
 def publish(job: PublishJob, *, endpoint: str, token: str | None, work_dir: Path,
@@ -304,9 +305,7 @@ def _update_comment(previous_manifest: str | None, source_files: dict[str, str],
     except (ValueError, KeyError, TypeError):
         before = {}
     changed = sorted(n for n in set(before) | set(source_files) if before.get(n) != source_files.get(n))
-    listed = ", ".join(f"`{n}`" for n in changed) if changed else "the export options"
-    text = f"Updated the exports for commit `{sha[:12]}`: {listed} changed since the previous export in this PR."
-    if plan.deletions:
-        text += " Removed from this PR, as the new export no longer has them: " + \
-                ", ".join(f"`{p}`" for p in plan.deletions) + "."
-    return text + " The description above lists the PR's current files."
+    from bot.render import render_template
+
+    return render_template(UPDATE_TEMPLATE, {"sha": sha, "changed": changed, "deletions": plan.deletions}).strip()
+

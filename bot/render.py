@@ -1,11 +1,15 @@
-"""Render results for people: the seed-style validation log and the final summary (terminal text), and the
-markdown escaping every untrusted string goes through before it reaches a card, PR description or comment."""
+"""Render results for people: the validation log and the final summary (terminal text), the one jinja2 renderer
+of the markdown templates in templates/ (model card, PR description, the Action's step summary, PR comments), and
+the markdown escaping every untrusted string goes through there."""
 
 from __future__ import annotations
 
 import json
 import keyword
+import math
 import re
+from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: importing bot.validate loads torch, which the escaping helpers do not need
@@ -19,9 +23,12 @@ def _mark(ok: bool) -> str:
     return OK if ok else FAIL
 
 
-def validation_log(report: ValidationReport, path: str) -> str:
-    """The log users know from `python -m transformers.onnx`, extended with every shape tried and the max diff."""
+def validation_log(report: ValidationReport, path: str, verbose: bool = False) -> str:
+    """The validation log: one line per input shape by default; on failure or with `verbose` the log users know
+    from `python -m transformers.onnx`, extended with every shape tried and the max diff of every output."""
     kind = _FORMAT_NAMES[report.format]
+    if not verbose and report.passed:
+        return _compact_log(report, kind, path)
     lines = [f"Validating {kind} model {path}..."]
     for check in report.checks:
         lines.append(f"\t- inputs: {check.shape}")
@@ -38,12 +45,26 @@ def validation_log(report: ValidationReport, path: str) -> str:
             lines.append(f"\t\t\t-[{_mark(close)}] {'all values close' if close else 'values not close'} "
                          f"(atol: {report.atol:g}, rtol: {report.rtol:g}, max abs diff: {output.max_abs_diff:.3g}, "
                          f"max rel diff: {output.max_rel_diff:.3g})")
+    return "\n".join(lines + _generation_lines(report))
+
+
+def _compact_log(report: ValidationReport, kind: str, path: str) -> str:
+    """A passed report: the graph, then per input shape the output count and the largest difference."""
+    lines = [f"Validated {kind} model {path} (atol {report.atol:g}, rtol {report.rtol:g}):"]
+    for check in report.checks:
+        worst = max((o.max_abs_diff for o in check.outputs), default=0.0)
+        lines.append(f"\t-[{OK}] {check.shape}: {len(check.outputs)} outputs close, max abs diff {worst:.3g}")
+    return "\n".join(lines + _generation_lines(report))
+
+
+def _generation_lines(report: ValidationReport) -> list[str]:
+    lines = []
     if report.generation is not None:
         g = report.generation
         verdict = "matches" if g["passed"] else "differs from"
         lines.append(f"\t-[{_mark(g['passed'])}] greedy decoding with the artifacts {verdict} generate(): "
                      f"{g['actual']} vs {g['expected']}" + (f" ({g['error']})" if g["error"] else ""))
-    return "\n".join(lines)
+    return lines
 
 
 def human_size(size: int) -> str:
@@ -65,8 +86,8 @@ def summary(result) -> str:
                      f"max diff {worst:.2g} <= {a.validation.atol:g}  via {a.exporter}{flag}")
     for f in result.failures:
         lines.append(f"  [{FAIL}] {f.feature:<24} {f.format:<12} {f.error}")
-    for feature, reason in result.skipped.items():
-        lines.append(f"  [-] {feature:<24} skipped: {reason}")
+    for features, reason in collapse_skipped(result.skipped):
+        lines.append(f"  [-] {', '.join(features):<24} skipped: {reason}")
     seconds = result.timings.get("total", 0.0)
     if result.ok:
         lines.append(f"All good: {len(result.artifacts)} artifacts validated in {seconds:.1f} s, "
@@ -77,12 +98,20 @@ def summary(result) -> str:
     return "\n".join(lines)
 
 
-def publish_summary(result) -> str:
+def collapse_skipped(skipped: dict[str, str]) -> list[tuple[list[str], str]]:
+    """Skipped features grouped by reason, in first-seen order: six heads missing for one reason are one line."""
+    grouped: dict[str, list[str]] = {}
+    for feature, reason in skipped.items():
+        grouped.setdefault(reason, []).append(feature)
+    return [(features, reason) for reason, features in grouped.items()]
+
+
+def publish_summary(result, verbose: bool = False) -> str:
     """What a publish run did, for the terminal; a dry run shows the PR it would open."""
     lines = []
     if result.export is not None:
         for artifact in result.export.artifacts:
-            lines.append(validation_log(artifact.validation, artifact.path))
+            lines.append(validation_log(artifact.validation, artifact.path, verbose))
         lines.append(summary(result.export))
     if result.status == "dry-run":
         lines += ["", f"PR title: {result.title}", "", result.description, "Files:"]
@@ -136,6 +165,13 @@ def md_code(value: object) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def md_href(value: object) -> str:
+    """A link destination, `[text](here)`: an http(s) URL with nothing that could end the link or start markup,
+    else `#` (a dead link is better than a crafted one)."""
+    text = one_line(value)
+    return text if re.fullmatch(r"https?://[^\s<>()\[\]`|\\\ufffd\"']+", text) else "#"
+
+
 def md_url(value: object) -> str:
     """An http(s) URL as an autolink `<url>`; anything else (spaces, angle brackets, other schemes) as text."""
     text = one_line(value)
@@ -166,5 +202,84 @@ def md_block(value: object, language: str = "") -> str:
     return "\n".join([fence + language, *lines, fence])
 
 
-MARKDOWN_FILTERS = {"md": md_text, "code": md_code, "url": md_url, "py": py_str, "py_name": py_name,
-                    "one_line": one_line, "block": md_block}
+MARKDOWN_FILTERS = {"md": md_text, "code": md_code, "url": md_url, "href": md_href, "py": py_str,
+                    "py_name": py_name, "one_line": one_line, "block": md_block}
+
+
+def template_text(name: str, override: Path | None = None) -> str:
+    """A template from templates/ (the source tree, else the installed bot.templates), or a user's override."""
+    if override is not None:
+        return Path(override).read_text(encoding="utf-8")
+    source_tree = Path(__file__).resolve().parent.parent / "templates" / name
+    if source_tree.is_file():
+        return source_tree.read_text(encoding="utf-8")
+    return resources.files("bot.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def render_template(name: str, context: dict, override: Path | None = None) -> str:
+    """Render a markdown template with the escaping filters; no autoescape (it is markdown, not HTML): the
+    templates escape every untrusted value themselves, with `md`, `code`, `url`, `href` or `one_line`."""
+    import jinja2
+
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                     autoescape=False)
+    environment.filters.update(MARKDOWN_FILTERS)
+    try:
+        return environment.from_string(template_text(name, override)).render(**context).strip() + "\n"
+    except jinja2.TemplateError as exc:
+        from bot.errors import UsageError
+
+        raise UsageError(f"template {override or name} failed to render: {exc}") from exc
+
+
+# -- JSON for machines (`--json`, the Action's report) ----------------------------------------------------------------
+
+
+def _finite(value: object) -> object:
+    """JSON has no NaN or infinity; a diff that blew up is reported as a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def worst_diff(validation: object) -> float | None:
+    diffs = getattr(validation, "max_abs_diff", None) or {}
+    values = list(diffs.values()) if isinstance(diffs, dict) else [diffs]
+    return max(values) if values else None
+
+
+def export_data(export: object) -> dict | None:
+    """An ExportResult as plain JSON: one row per artifact and per failure, the skipped features, the verdict."""
+    if export is None:
+        return None
+    artifacts = []
+    for a in getattr(export, "artifacts", []):
+        v = getattr(a, "validation", None)
+        per_output = {k: _finite(x) for k, x in (getattr(v, "max_abs_diff", None) or {}).items()}
+        artifacts.append({"path": a.path, "format": a.format, "feature": a.feature, "size": a.size,
+                          "exporter": getattr(a, "exporter", None), "passed": getattr(v, "passed", None),
+                          "atol": getattr(v, "atol", None), "max_abs_diff": _finite(worst_diff(v)),
+                          "max_abs_diff_per_output": per_output})
+    failures = []
+    for f in getattr(export, "failures", []):
+        v = getattr(f, "validation", None)
+        failures.append({"feature": f.feature, "format": f.format, "error": f.error,
+                         "atol": getattr(v, "atol", None), "max_abs_diff": _finite(worst_diff(v)) if v else None})
+    manifest = getattr(export, "manifest_path", None)
+    timings = getattr(export, "timings", None) or {}
+    return {"ok": bool(getattr(export, "ok", False)), "source": getattr(export, "source", None),
+            "revision": getattr(export, "revision", None), "model_type": getattr(export, "model_type", None),
+            "primary": getattr(export, "primary", None), "artifacts": artifacts, "failures": failures,
+            "skipped": dict(getattr(export, "skipped", None) or {}),
+            "manifest": str(manifest) if manifest else None, "seconds": timings.get("total"),
+            "removed": list(getattr(export, "removed", None) or [])}
+
+
+def publish_data(result) -> dict:
+    """A PublishResult as plain JSON, for `publish --json`."""
+    return {"status": result.status, "exit_code": result.exit_code, "message": result.message,
+            "repo_id": result.repo_id, "revision": result.revision, "pr_url": result.pr_url,
+            "pr_num": result.pr_num, "pr_action": result.pr_action, "title": result.title,
+            "files": list(result.files), "added": list(result.added), "replaced": list(result.replaced),
+            "removed": list(result.removed), "withheld": list(result.withheld), "warnings": list(result.warnings),
+            "export": export_data(result.export)}

@@ -21,6 +21,16 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 from tests.tiny import build_checkpoint  # noqa: E402
 
 
+def pytest_collection_modifyitems(items):
+    """The two long groups get markers, so `-m "not slow and not clients and not matrix"` is the fast subset."""
+    for item in items:
+        path = Path(str(item.fspath))
+        if path.parent.name == "clients":
+            item.add_marker(pytest.mark.clients)
+        elif path.name == "test_export_matrix.py":
+            item.add_marker(pytest.mark.matrix)
+
+
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """`tiny(model_type, feature="default")` -> a checkpoint directory, built once per session."""

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from bot import action
-from bot.action import TABLE_HEADER, escape_data, escape_property, run_action
+from bot.action import escape_data, escape_property, run_action
 from bot.github import CONTEXT, DEFAULT_RETRY, make_retry, report_to_github
 from tests import action_fakes
 from tests.emulators.github import read_github_output
@@ -63,7 +63,7 @@ def test_action_inputs_and_defaults(action_yml):
     defaults = {name: spec.get("default") for name, spec in inputs.items()}
     assert defaults == {"model-path": ".", "hub-repo": None, "features": "", "formats": "onnx,torchscript",
                         "opset": "18", "atol": "", "dtypes": "", "hf-token": None, "github-token": "${{ github.token }}",
-                        "dry-run": "false", "comment": "true", "python-version": "3.11"}
+                        "dry-run": "false", "comment": "false", "python-version": "3.11"}
     assert {name for name, spec in inputs.items() if spec.get("required")} == {"hub-repo", "hf-token"}
     assert all(spec.get("description") for spec in inputs.values())
 
@@ -72,7 +72,7 @@ def test_action_outputs_come_from_the_export_step(action_yml):
     assert action_yml["runs"]["using"] == "composite"
     outputs = action_yml["outputs"]
     assert {name: spec["value"] for name, spec in outputs.items()} == {
-        name: f"${{{{ steps.export.outputs.{name} }}}}" for name in ("pr-url", "report", "status")}
+        name: f"${{{{ steps.export.outputs.{name} }}}}" for name in ("pr-url", "pr-number", "report", "status", "output-dir")}
 
 
 def test_no_expression_is_interpolated_into_a_script(action_yml):
@@ -98,7 +98,7 @@ def test_every_input_reaches_the_command_only_through_env(action_yml):
 
 def test_install_steps_use_cpu_torch_and_cache_pip_on_the_actions_pyproject(action_yml):
     install = next(step for step in steps(action_yml) if step.get("id") == "install")["run"]
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu torch" in install
+    assert "--index-url https://download.pytorch.org/whl/cpu torch==2.13.0" in install  # pinned, CPU only
     assert install.index("whl/cpu torch") < install.index('"$GITHUB_ACTION_PATH"')  # torch first, then the project
     key_step = next(step for step in steps(action_yml) if step.get("id") == "pip-cache")
     assert 'pathlib.Path(os.environ["GITHUB_ACTION_PATH"], "pyproject.toml")' in key_step["run"]
@@ -110,14 +110,22 @@ def test_install_steps_use_cpu_torch_and_cache_pip_on_the_actions_pyproject(acti
 def test_example_workflow_is_what_a_user_copies(action_yml):
     workflow = load_yaml(ROOT / ".github/workflows/example-export.yml")
     triggers = workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` key as true
-    assert set(triggers) == {"push", "workflow_dispatch"}
+    assert set(triggers) == {"push", "pull_request", "workflow_dispatch"}
     assert triggers["push"]["branches"] == ["main"] and triggers["push"]["paths"]
     assert workflow["permissions"] == {"contents": "read", "statuses": "write"}
-    job_steps = workflow["jobs"]["export"]["steps"]
+    assert "${{ github.ref }}" in workflow["concurrency"]["group"]
+    job = workflow["jobs"]["export"]
+    assert 0 < job["timeout-minutes"] <= 120
+    job_steps = job["steps"]
     assert job_steps[0]["uses"].startswith("actions/checkout@") and job_steps[0]["with"]["lfs"] is True
-    use = job_steps[-1]
-    assert use["uses"] == "hub-export-bot/hub-export-bot@v1"
+    use = next(step for step in job_steps if step.get("uses") == "hub-export-bot/hub-export-bot@v1")
     assert use["with"]["hub-repo"] == HUB_REPO and use["with"]["hf-token"] == "${{ secrets.HF_TOKEN }}"
+    assert use["with"]["dry-run"] == "${{ github.event_name == 'pull_request' }}"  # a PR check never publishes
+    # a commit comment needs `contents: write`, which the example does not grant: the default must not ask for it
+    assert "comment" not in use["with"] and action_yml["inputs"]["comment"]["default"] == "false"
+    upload = job_steps[-1]
+    assert upload["uses"].startswith("actions/upload-artifact@")
+    assert upload["with"]["path"] == "${{ steps.export.outputs.output-dir }}"
     assert set(use["with"]) <= set(action_yml["inputs"])
 
 
@@ -373,13 +381,28 @@ def test_git_lfs_pointers_are_explained(env):
 
 
 @pytest.mark.parametrize("event, message", [
-    ("pull_request", "the pull_request event is not supported"),
+    ("pull_request", "a pull_request event runs only with `dry-run: true`"),
+    ("pull_request_target", "the pull_request_target event is not supported"),
     ("schedule", "the 'schedule' event is not supported"),
 ])
 def test_other_events_exit_2(env, event, message):
     env["GITHUB_EVENT_NAME"] = event
     run = Run(env, action_fakes.opened)
     assert run.code == 2 and run.calls == [] and message in run.stdout
+
+
+def test_a_pull_request_with_dry_run_exports_validates_and_summarises_without_a_hub_write(gh, sha, env):
+    head = "c" * 40
+    env.update(GITHUB_EVENT_NAME="pull_request", INPUT_DRY_RUN="true", INPUT_HF_TOKEN="")
+    Path(env["GITHUB_EVENT_PATH"]).write_text(json.dumps(
+        {"pull_request": {"number": 7, "title": "Fine-tune | more data", "head": {"sha": head}}}))
+    run = Run(env, action_fakes.dry_run)
+    assert run.code == 0 and run.call["dry_run"] is True and run.call["token_given"] is False
+    assert run.outputs["status"] == "dry-run" and run.outputs["pr-url"] == "" and run.outputs["pr-number"] == ""
+    assert run.outputs["output-dir"] == run.report["output_dir"] != ""
+    assert f"[`{REPO}@{head[:7]}`]" in run.summary  # the PR's head commit, not the merge commit
+    assert "(Fine-tune \\| more data)" in run.summary  # the PR title, escaped
+    assert "Dry run: nothing was published" in run.summary and "| `default` | ONNX |" in run.summary
 
 
 def test_workflow_dispatch_is_accepted(env):
@@ -566,7 +589,8 @@ def test_subprocess_push_event_opens_a_pr_with_a_green_status(gh, sha, env):
     assert (outputs["pr-url"], outputs["status"]) == (pr_url, "opened")
     assert json.loads(Path(outputs["report"]).read_text())["export"]["artifacts"][1]["path"] == "torchscript/model.pt"
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
-    assert f"opened [PR #3]({pr_url})" in summary and TABLE_HEADER in summary
+    assert f"opened [PR #3]({pr_url})" in summary
+    assert "| feature | format | file | size | max diff / atol | status |" in summary
     assert statuses(gh, sha)[-1] == ("success", CONTEXT, "2 artifacts validated, PR #3 opened", pr_url)
     assert pr_url in gh.commit_comments[(REPO, sha)][0]["body"]
     assert HF_TOKEN not in proc.stdout.split("\n", 2)[2] + proc.stderr + summary

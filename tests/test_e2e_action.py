@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from bot.action import TABLE_HEADER
 from tests.emulators.github import GitHubEmulator, read_github_output
 from tests.emulators.hub import HubEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = "acme/model-src"  # the GitHub repository holding the checkpoint
 HUB_REPO = "acme/tiny-bert"
+TABLE_HEADER = "| feature | format | file | size | max diff / atol | status |"  # templates/action_summary.md.j2
 HF_TOKEN = "hf_test_token"  # the emulated Hub's write token
 GH_TOKEN = "ghs_test_token"  # the GitHub emulator's Actions token
 README = "---\nlicense: apache-2.0\n---\n\n# Tiny BERT\n\nMaintainer text.\n"

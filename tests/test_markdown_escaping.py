@@ -161,3 +161,33 @@ def test_ordinary_values_render_as_before():
     assert "made from <https://github.com/acme/m/commit/0123> (commit `0123456789ab`)" in description
     assert "- `masked-lm`: no head" in description
     assert 'revision="refs/pr/3")' in description
+
+
+def test_the_action_summary_is_inert_with_hostile_names(tmp_path):
+    from bot.action import ActionContext, ActionInputs, RunView, results_markdown
+    from bot.job import PublishResult, make_options
+
+    context = ActionContext("push", "acme/models", "f" * 40, tmp_path, "https://github.com", None,
+                            f"https://github.com/acme/models/actions/runs/1) {EVIL}", tmp_path, "Fix " + EVIL)
+    inputs = ActionInputs("my-org/my-model", EVIL, tmp_path, make_options(), "", "", False, False)
+    for status in ("partial", "failed", "dry-run"):
+        result = PublishResult(status, "my-org/my-model", None, f"{EVIL}\n# heading {EVIL}", export=hostile_result(),
+                               pr_url=f"https://hub.example/pr) {EVIL}", pr_num=3, pr_action="updated",
+                               files=[EVIL_FILE], removed=[EVIL_FILE],
+                               withheld=[{"path": EVIL_FILE, "feature": EVIL, "format": "onnx", "reason": EVIL}])
+        summary = results_markdown(result, RunView(context, inputs, "https://hub.example", False), [EVIL])
+        assert_inert(summary, code_blocks=0)
+        assert not [t for t in MARKDOWN.parse(summary) if t.type == "heading_open" and t.tag != "h3"
+                    and t.tag != "h4"]  # the message's "# heading" stays text
+
+
+def test_the_pr_update_comment_is_inert_with_hostile_file_names():
+    from bot.publish import _update_comment
+
+    plan = SimpleNamespace(deletions=[f"onnx/{EVIL_FILE}"])
+    comment = _update_comment('{"source": {"files": {}}}', {EVIL: "a" * 64}, "0123456789abcdef", plan)
+    tokens = MARKDOWN.parse(comment)
+    inline = [child for t in tokens if t.children for child in t.children]
+    assert not [t for t in inline if t.type in ("link_open", "image") or t.type.startswith("html")]
+    assert [t.type for t in tokens] == ["paragraph_open", "inline", "paragraph_close"]
+    assert "`0123456789ab`" in comment and "changed since the previous export" in comment
