@@ -88,3 +88,24 @@ def test_chunked_external_data_loads_in_the_clients_and_the_pr_does_not_loop(tmp
     assert json.loads(tjs_out.strip().splitlines()[-1]) == expected
     assert downloaded == set(chunks)  # transformers.js fetched every declared chunk
     assert (client, json.loads(optimum_out.strip().splitlines()[-1])) == ("optimum", expected)
+
+
+def test_every_card_snippet_runs_with_chunked_external_data(tmp_path, chunked, monkeypatch, tjs_client,
+                                                            optimum_client):
+    """The card's snippets as users copy them: optimum from a snapshot, onnxruntime after downloading each chunk."""
+    from bot.card import END, START
+    from tests.clients.test_snippets import _tiny
+
+    monkeypatch.setattr(external, "CHUNK_BYTES", 1024**2)
+    checkpoint = _tiny(tmp_path, "bert", "AutoModelForSequenceClassification")  # 30522 x 32 embeddings: 3.9 MB, a chunk of their own
+    job = PublishJob(repo_id="acme/chunked-bert", options=make_options(["sequence-classification"]))
+    with HubEmulator() as hub:
+        hub.create_repo("acme/chunked-bert", {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()})
+        assert publish(job, endpoint=hub.url, token="hf_test_token", work_dir=tmp_path / "run").status == OPENED
+        hub.merge_pr("acme/chunked-bert", 1)
+        files = hub.files("acme/chunked-bert")
+        readme = files["README.md"].decode("utf-8")
+        results = run_snippets(readme[readme.index(START):readme.index(END)], hub, tjs_client, optimum_client)
+    assert len([p for p in files if p.startswith("onnx/model.onnx_data")]) >= 2
+    assert [client for client, _ in results] == ["js", "optimum", "python", "python"]
+    assert all(stdout.strip() for _, stdout in results), results
