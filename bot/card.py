@@ -80,6 +80,7 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
         "variants_section": _render(VARIANTS_TEMPLATE, variant_data).strip(),
         # what merging changes; publish fills these from its plan (bot.manifest.PublishPlan.description_data)
         "changes": {"added": [], "replaced": [], "removed": [], "edited": []}, "only_adds": True, "withheld": [],
+        "config_diff": None,  # publish: the `transformers.js_config` keys added to config.json (bot.jsconfig)
     }
 
 

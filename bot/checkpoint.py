@@ -108,13 +108,25 @@ def open_checkpoint(path: Path, source: str, revision: str | None = None, allow_
         path=path, source=source, revision=revision, config=config, support=support,
         weights=weights, uses_pickle=uses_pickle,
         has_tokenizer=any(name in present for name in _TOKENIZER_FILES),
-        source_files={name: sha256_file(path / name) for name in present},
+        source_files={name: source_sha256(path / name) for name in present},
     )
 
 
 def hash_source_files(path: Path) -> dict[str, str]:
     """sha256 of every source file, the same digest the Hub records for LFS files (each file checked first)."""
-    return {name: sha256_file(path / name) for name in sources.source_files(path)}
+    return {name: source_sha256(path / name) for name in sources.source_files(path)}
+
+
+def source_sha256(path: Path) -> str:
+    """The digest that decides whether exports are up to date: the file's sha256 (the Hub's LFS oid), except for
+    the top-level config.json, hashed without the `transformers.js_config` keys the bot itself writes there
+    (bot.jsconfig), so that merging the bot's PR does not look like a new config."""
+    if path.name != "config.json":
+        return sha256_file(path)
+    from bot.jsconfig import without_bot_keys
+
+    text = path.read_bytes().decode("utf-8", errors="surrogateescape")
+    return hashlib.sha256(without_bot_keys(text).encode("utf-8", errors="surrogateescape")).hexdigest()
 
 
 def sha256_file(path: Path) -> str:

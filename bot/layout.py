@@ -49,5 +49,6 @@ def artifact_path(fmt: str, feature: str, component: str, primary: str, dtype: s
     return f"{FOLDERS[fmt]}/{stem(feature, component, primary)}{DTYPE_SUFFIXES[dtype]}{SUFFIXES[fmt]}"
 
 
-def external_data_name(graph_file_name: str) -> str:
-    return graph_file_name + EXTERNAL_DATA_SUFFIX
+def external_data_name(graph_file_name: str, chunk: int = 0) -> str:
+    """`model.onnx_data`, then `model.onnx_data_1`, `model.onnx_data_2`, ...: the names transformers.js fetches."""
+    return graph_file_name + EXTERNAL_DATA_SUFFIX + (f"_{chunk}" if chunk else "")

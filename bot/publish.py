@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 from typing import Callable
 
-from bot import card
+from bot import card, jsconfig
 from bot import checkpoint as ckpt
 from bot.errors import BotError, UnsafeCheckpointError, UsageError
 from bot.hub import Committed, HubClient, Identity, PullRequest, RepoState, StaleParent
@@ -102,7 +102,7 @@ def _hashes(client: HubClient, state: RepoState, names) -> dict[str, str]:
     hashes = {n: state.files[n].sha256 for n in names if state.files[n].sha256}
     if small:
         folder = client.download(state.repo_id, state.sha, small)
-        hashes.update({n: ckpt.sha256_file(folder / n) for n in small})
+        hashes.update({n: ckpt.source_sha256(folder / n) for n in small})
     return dict(sorted(hashes.items()))
 
 
@@ -189,6 +189,8 @@ def _publish_once(job: PublishJob, client: HubClient, identity: Identity | None,
     files[MANIFEST_NAME] = manifest_text.encode("utf-8")
     if edit.text is not None:
         files["README.md"] = edit.text.encode("utf-8")
+    ctx.update(_config_edit(client.read_text(repo, "config.json", state.sha), plan.artifacts, result.primary,
+                            files))
     description = card.render_pr_description(ctx)
     outcome = PublishResult(DRY_RUN, repo, state.sha, "dry run: nothing committed", export=result,
                             files=sorted(files), title=card.PR_TITLE, description=description, added=plan.added,
@@ -235,6 +237,21 @@ def _plan(client: HubClient, result, state: RepoState, base_manifest: str | None
         present.update(_hashes(client, revision, sorted(wanted)))
         sides += [present, owned_paths(manifest, present)]
     return plan_files(result.artifacts, *sides)
+
+
+def _config_edit(text: str | None, artifacts, primary: str, files: dict) -> dict:
+    """config.json with the `transformers.js_config` keys the artifacts need (bot.jsconfig), if that changes it."""
+    if text is None:
+        return {}
+    try:
+        edited = jsconfig.with_bot_keys(text, jsconfig.wanted_keys(artifacts, primary))
+    except ValueError as exc:
+        log.warning("config.json left as it is: %s", exc)
+        return {}
+    if edited == text:
+        return {}
+    files["config.json"] = edited.encode("utf-8")
+    return {"config_diff": jsconfig.diff(text, edited)}
 
 
 def _finish(outcome: PublishResult, status: str, message: str) -> PublishResult:

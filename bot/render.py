@@ -193,8 +193,17 @@ def py_name(value: object) -> str:
     return text if text.isidentifier() and not keyword.iskeyword(text) and text.isascii() else py_str(text)
 
 
+def md_block(value: object, language: str = "") -> str:
+    """`value` as a fenced code block: each line made visible as one_line does, and a fence longer than any backtick
+    run inside, so no line can end the block."""
+    lines = [one_line(line) if line.strip() else "" for line in str(value).splitlines()]
+    longest = max((len(run) for line in lines for run in _BACKTICKS.findall(line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([fence + language, *lines, fence])
+
+
 MARKDOWN_FILTERS = {"md": md_text, "code": md_code, "url": md_url, "href": md_href, "py": py_str,
-                    "py_name": py_name, "one_line": one_line}
+                    "py_name": py_name, "one_line": one_line, "block": md_block}
 
 
 def template_text(name: str, override: Path | None = None) -> str:

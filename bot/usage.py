@@ -82,6 +82,9 @@ def usage_context(result, repo_id: str, has_tokenizer: bool) -> dict:
         "tjs_class": tjs_class, "optimum_class": optimum_class,
         "pooling": pooling, "tjs_pooling": _TJS_POOLING.get(pooling["mode"]) if pooling else None,
         "onnx_path": model.path if model is not None else None,
+        "onnx_data": sorted(p for p in model.files if p != model.path) if model is not None else [],
+        # optimum fetches one `<graph>_data` file by itself; a graph in several chunks needs the repo's snapshot
+        "external_chunks": any(len(a.files) > 2 for a in onnx.values()),
         "onnx_inputs": model.inputs if model is not None else [],
         "onnx_outputs": model.outputs if model is not None else [],
         "torchscript_path": ts_model.path if ts_model is not None else None,

@@ -17,14 +17,15 @@ import onnx
 from onnx import TensorProto, helper
 
 from bot.errors import ExportError
-from bot.layout import USE_CACHE_BRANCH, external_data_name
+from bot.export import external as external_data
+from bot.layout import USE_CACHE_BRANCH
 
 NO_PAST, WITH_PAST = "no_past/", "with_past/"
 
 
 def merge_decoders(decoder: Path, decoder_with_past: Path, output: Path, *,
                    external_data_threshold: int = 2 * 1024**3) -> None:
-    """Write the merged decoder to `output`: ONE external-data file beside it from `external_data_threshold` weight
+    """Write the merged decoder to `output`: external-data chunks beside it from `external_data_threshold` weight
     bytes on (protobuf cannot serialise 2 GB), one self-contained file below. Raises ExportError when the two graphs
     are not the two steps of one decoder. Weights are copied straight into the merged model and dropped from the
     inputs as they are read, so memory peaks at about the two loaded inputs."""
@@ -192,12 +193,11 @@ def _outer_output(first: onnx.ValueInfoProto, cached: onnx.ValueInfoProto) -> on
 
 
 def _save(model: onnx.ModelProto, output: Path, external: bool) -> None:
-    data = output.with_name(external_data_name(output.name))
-    data.unlink(missing_ok=True)  # onnx appends to an existing data file
     output.parent.mkdir(parents=True, exist_ok=True)
+    for stale in external_data.data_files(output):  # an earlier, larger write's chunks
+        stale.unlink()
     if external:
-        onnx.save_model(model, str(output), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        external_data.save(model, output)
     else:
         onnx.save_model(model, str(output))
     onnx.checker.check_model(str(output))  # by path: works with external data too

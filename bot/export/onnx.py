@@ -5,7 +5,8 @@ The order is measured (benchmarks/README.md): against dynamo, the TorchScript-ba
 optimum's, which uses it too). torch has announced its removal; when it fails or is gone, dynamo takes over.
 
 Below 2 GB the result is ONE self-contained `model.onnx` (dynamo writes a side `.data` file even for small models,
-so it is re-saved inline); from 2 GB on, `model.onnx` plus ONE external-data file `model.onnx_data` beside it.
+so it is re-saved inline); from 2 GB on, `model.onnx` plus its weights in chunks of at most 2 GB beside it
+(`model.onnx_data`, `model.onnx_data_1`, ...: bot.export.external).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from bot.diskfull import raise_if_disk_full
 from bot.errors import ExportError
+from bot.export import external
 from bot.layout import external_data_name
 from bot.specs import InputSpec
 
@@ -135,7 +137,7 @@ def _summary(exc: Exception) -> str:
 
 
 def _finalize(written: Path, path: Path) -> None:
-    """Move an exporter's output to `path` in the shipped layout: inline below 2 GB, one data file above."""
+    """Move an exporter's output to `path` in the shipped layout: inline below 2 GB, chunked external data above."""
     files = [f for f in written.parent.iterdir() if f.is_file()]
     size = sum(f.stat().st_size for f in files)
     if size < PROTOBUF_LIMIT and files == [written]:
@@ -146,52 +148,31 @@ def _finalize(written: Path, path: Path) -> None:
     else:
         data_name = external_data_name(path.name)
         model = onnx.load(str(written), load_external_data=False)  # the small graph only
-        locations = _locations(model)
-        if len(locations) == 1:  # dynamo's single side file: rename it and point the graph at the new name
-            os.replace(written.parent / locations.pop(), path.parent / data_name)
+        side = [written.parent / name for name in external.locations(model)]
+        if len(side) == 1 and side[0].stat().st_size <= external.CHUNK_BYTES:
+            # dynamo's single side file is one chunk already: rename it and point the graph at the new name
+            os.replace(side[0], path.parent / data_name)
             _relocate(model, data_name)
             onnx.save_model(model, str(path))
-        else:  # inline, or one file per tensor: gather every weight into ONE data file
-            model = onnx.load(str(written))
-            onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+        else:  # inline, one file per tensor, or more than a chunk: write the weights in chunks
+            external.save(onnx.load(str(written)), path)
     onnx.checker.check_model(str(path))  # by path: works for models with external data too
 
 
-def _external_tensors(model: onnx.ModelProto):
+def _relocate(model: onnx.ModelProto, data_name: str) -> None:
     from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
-    return [t for t in _get_all_tensors(model) if uses_external_data(t)]
-
-
-def _locations(model: onnx.ModelProto) -> set[str]:
-    return {entry.value for tensor in _external_tensors(model) for entry in tensor.external_data
-            if entry.key == "location"}
-
-
-def _relocate(model: onnx.ModelProto, data_name: str) -> None:
-    for tensor in _external_tensors(model):
+    for tensor in (t for t in _get_all_tensors(model) if uses_external_data(t)):
         for entry in tensor.external_data:
             if entry.key == "location":
                 entry.value = data_name
 
 
 def artifact_files(path: Path) -> list[Path]:
-    """The files that make up an ONNX artifact: the graph and, over 2 GB, its external data."""
-    data = path.with_name(external_data_name(path.name))
-    return [path, data] if data.exists() else [path]
+    """The files that make up an ONNX artifact: the graph and, over 2 GB, its external-data chunks."""
+    return [path, *external.data_files(path)]
 
 
 def move_onnx(source: Path, target: Path) -> list[Path]:
-    """Move an ONNX artifact to a new file name; its external data follows and the graph is pointed at it."""
-    data = source.with_name(external_data_name(source.name))
-    if not data.exists():
-        os.replace(source, target)
-        return [target]
-    target_data = target.with_name(external_data_name(target.name))
-    os.replace(data, target_data)
-    model = onnx.load(str(source), load_external_data=False)  # the small graph only
-    _relocate(model, target_data.name)
-    onnx.save_model(model, str(target))
-    source.unlink()
-    return [target, target_data]
+    """Move an ONNX artifact to a new file name; its external-data chunks follow and the graph points at them."""
+    return external.move(source, target)

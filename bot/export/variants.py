@@ -156,7 +156,7 @@ def _load(path: Path):
 
 
 def _save(model, path: Path) -> None:
-    """One self-contained file below 2 GB, else the graph plus ONE `<name>.onnx_data` beside it (bot.layout)."""
+    """One self-contained file below 2 GB, else the graph plus its external-data chunks (bot.export.external)."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
@@ -164,8 +164,9 @@ def _save(model, path: Path) -> None:
     if sum(tensor.ByteSize() for tensor in _get_all_tensors(model)) < 2**31 - 2**26:
         onnx.save_model(model, str(path))
         return
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=external_data_name(path.name), size_threshold=1024)
+    from bot.export import external
+
+    external.save(model, path)
 
 
 def _to_fp16(source: Path):
@@ -242,8 +243,7 @@ def block_int8(source: Path, target: Path) -> None:
         _dynamic(source, embeddings, ["Gather"], per_channel=False)
         _save(_nbits(_load(embeddings), 8, symmetric=True, embeddings=False, accuracy_level=4), target)
     finally:
-        for leftover in (embeddings, embeddings.with_name(external_data_name(embeddings.name))):
-            leftover.unlink(missing_ok=True)
+        _remove(embeddings)
 
 
 def int4(source: Path, target: Path) -> None:
@@ -501,8 +501,10 @@ def _build(artifact, dtype: str, recipe: Recipe, staging: Path) -> str:
 
 
 def _remove(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    path.with_name(external_data_name(path.name)).unlink(missing_ok=True)
+    from bot.export import external
+
+    for file in [path, *external.data_files(path)]:
+        file.unlink(missing_ok=True)
 
 
 def _artifacts(artifacts, variants: list[str], dtype: str, gate: Gate, earlier: list[Gate], staging: Path,
