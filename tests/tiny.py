@@ -76,17 +76,17 @@ def widen(model: torch.nn.Module, std: float = 0.3) -> None:
 
 
 def build_checkpoint(directory: Path, model_type: str, feature: str = "default", seed: int = 0,
-                     lively: bool = False) -> Path:
+                     lively: bool = False, **config) -> Path:
     """Save a tiny random model of `model_type` with the head of `feature` into `directory`.
 
     `lively` widens the weights so greedy decoding produces varied tokens instead of repeating one token, which
-    makes generation-parity checks meaningful.
+    makes generation-parity checks meaningful. `config` overrides the tiny config's values.
     """
     from bot.checkpoint import auto_class
 
     torch.manual_seed(seed)
     extra = {"num_labels": 2} if feature == "question-answering" else {}  # start and end logits
-    config = tiny_config(model_type, **extra)
+    config = tiny_config(model_type, **extra, **config)
     config.architectures = []  # some tasks map to several classes; an empty list picks the first
     model = auto_class(feature).from_config(config).eval()
     if lively:
