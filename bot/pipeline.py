@@ -93,6 +93,7 @@ class ExportResult:
     manifest_path: Path | None = None
     pooling: dict | None = None  # a sentence-transformers model's pooling (bot.usage), shown in the card
     refused: list = field(default_factory=list)  # dtype variants not published: bot.export.variants.Refusal
+    weights_size: int = 0  # bytes of the checkpoint's weight files, what a PR's added bytes are measured against
 
     @property
     def ok(self) -> bool:
@@ -125,7 +126,8 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     tokenizer = ckpt.load_tokenizer(checkpoint)
     result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, checkpoint.support.origin,
                           plan.primary, job.output_dir, checkpoint.source_files, skipped=dict(plan.skipped),
-                          pooling=sentence_transformers_pooling(checkpoint.path))
+                          pooling=sentence_transformers_pooling(checkpoint.path),
+                          weights_size=_weights_size(checkpoint))
     result.timings["plan"] = time.perf_counter() - started
 
     created = not job.output_dir.exists()
@@ -155,6 +157,11 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
             job.output_dir.rmdir()  # a run that wrote nothing leaves nothing behind
     result.timings["total"] = time.perf_counter() - started
     return result
+
+
+def _weights_size(checkpoint: ckpt.Checkpoint) -> int:
+    return sum((checkpoint.path / name).stat().st_size for name in checkpoint.source_files
+               if name.endswith((".safetensors", ".bin")) and (checkpoint.path / name).is_file())
 
 
 def _place(artifact: Artifact, staging: Path, output_dir: Path, primary: str) -> None:

@@ -61,6 +61,15 @@ def test_tied_lm_head_is_stored_once_in_each_file(tied_gpt2, tmp_path):
         records = [i.file_size for i in archive.infolist() if "/data/" in i.filename]
     assert records.count(embedding) == 1
 
+    # the PR description states what merging adds, against the checkpoint's weights
+    from bot.card import context, render_pr_description
+    from bot.render import human_size
+
+    added = (tmp_path / "onnx" / "model.onnx").stat().st_size + (tmp_path / "torchscript" / "model.pt").stat().st_size
+    weights = (tied_gpt2 / "model.safetensors").stat().st_size
+    text = render_pr_description(context(result, "acme/tiny-gpt2"))
+    assert f"In all, **{human_size(added)}** of exports, {added / weights:.2f}x the checkpoint's weights" in text
+
 
 def test_sharded_bf16_checkpoint_exports_fp32_graphs(tmp_path):
     source = build_checkpoint(tmp_path / "fp32", "gpt2", "causal-lm")
