@@ -196,7 +196,8 @@ del model
 started = time.perf_counter()
 session = onnxruntime.InferenceSession(os.path.join(out, "onnx", "model.onnx"), providers=["CPUExecutionProvider"])
 session_s = time.perf_counter() - started
-feed = {i.name: {"input_ids": ids, "attention_mask": mask}[i.name].numpy() for i in session.get_inputs()}
+given = {"input_ids": ids, "attention_mask": mask, "position_ids": mask.cumsum(-1) - 1}
+feed = {i.name: given[i.name].numpy() for i in session.get_inputs()}
 logits = session.run(None, feed)[0]
 print(json.dumps({"imports_s": imports, "read_s": read_s, "read_bytes": size, "write_s": write_s,
                   "write_bytes": artifact_bytes, "load_model_s": load_s, "forward_s": forward_s,

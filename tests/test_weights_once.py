@@ -89,3 +89,12 @@ def test_sharded_bf16_checkpoint_exports_fp32_graphs(tmp_path):
     manifest = json.loads((out / "export_manifest.json").read_text())
     assert set(shards) | {"model.safetensors.index.json"} <= set(manifest["source"]["files"])
     assert all(a["validation"]["generation"]["passed"] for a in manifest["artifacts"])
+
+
+def test_auto_tries_dynamo_first_for_large_weights(tiny, tmp_path, monkeypatch):
+    from bot.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "DYNAMO_FIRST_BYTES", 1)  # every checkpoint counts as large
+    result = run_export(Job(model=str(tiny("bert")), output_dir=tmp_path, options=make_options(["default"], ["onnx"])))
+    assert result.ok, [f.error for f in result.failures]
+    assert [a.exporter for a in result.artifacts] == ["dynamo"]

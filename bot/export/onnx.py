@@ -1,4 +1,5 @@
-"""ONNX export: the TorchScript-based exporter first, then dynamo, then dynamo with eager attention.
+"""ONNX export: the TorchScript-based exporter first, then dynamo, then dynamo with eager attention (from 1.5 GB of
+weights on: dynamo first, see DYNAMO_FIRST_BYTES).
 
 The order is measured (benchmarks/README.md): against dynamo, the TorchScript-based exporter (`dynamo=False`) exports
 1.5-2.4x faster on the same checkpoints and its graphs run as fast or faster in onnxruntime (and as fast as
@@ -44,6 +45,19 @@ EXPORTER_CHOICES = {
     "torchscript": ["torchscript"],
 }
 
+# From this many bytes of weights on, `auto` tries dynamo first. Measured on a 2.23 GB GPT-2-style checkpoint
+# (benchmarks/README.md): dynamo writes its single external-data file directly (the TorchScript-based exporter writes
+# one file per tensor, which must be loaded and re-saved as one: +12 s, peak RSS 5.8 vs 2.8 GB while exporting), and
+# keeps tied weights once. Below it the TorchScript-based exporter is 1.5-2.4x faster.
+DYNAMO_FIRST_BYTES = 1_500_000_000
+DYNAMO_FIRST = ["dynamo", "dynamo+eager-attention", "torchscript"]
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, each tensor counted once (tied weights are one tensor)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
 
 def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: dict[str, torch.Tensor],
                 inputs: list[InputSpec], output_names: list[str], path: Path, opset: int = DEFAULT_OPSET,
@@ -53,7 +67,10 @@ def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: d
     `wrapper_for(attn_implementation)` gives the wrapped model, reloaded with that attention when it is not None.
     """
     errors = []
-    for name in EXPORTER_CHOICES[exporter]:
+    chain = EXPORTER_CHOICES[exporter]
+    if exporter == "auto" and weight_bytes(wrapper_for(None)) >= DYNAMO_FIRST_BYTES:
+        chain = DYNAMO_FIRST
+    for name in chain:
         dynamo, attention = ATTEMPTS[name]
         scratch = path.parent / f".{name}"
         scratch.mkdir(parents=True, exist_ok=True)
