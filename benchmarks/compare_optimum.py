@@ -135,6 +135,8 @@ def measure(command: list[str], env: dict, log: Path) -> dict:
 def tool_env(bin_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OFFLINE)
+    if bin_dir == Path(sys.executable).parent:  # ours: this checkout's code, even if another one is installed
+        env["PYTHONPATH"] = str(HERE.parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(bin_dir.parent)
     return env
