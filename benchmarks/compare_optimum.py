@@ -135,6 +135,8 @@ def measure(command: list[str], env: dict, log: Path) -> dict:
 def tool_env(bin_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OFFLINE)
+    if bin_dir == Path(sys.executable).parent:  # ours: this checkout's code, even if another one is installed
+        env["PYTHONPATH"] = str(HERE.parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(bin_dir.parent)
     return env
@@ -149,6 +151,19 @@ def command_for(variant: str, case: str, checkpoint: Path, out: Path, peer_cli: 
     exporter = variant.split("/", 1)[1]
     return ([str(ours), "export", "--model", str(checkpoint), "--feature", feature, "--format", "onnx",
              "--exporter", exporter, str(out)], tool_env(ours.parent))
+
+
+def pr_bytes(case: str, checkpoint: Path, log: Path) -> dict:
+    """What a PR of the primary feature adds: ours with both formats (fp32 ONNX + TorchScript), bytes per file."""
+    out = OUT / case / "ours-pr"
+    shutil.rmtree(out, ignore_errors=True)
+    ours = Path(sys.executable).parent / "hub-export-bot"
+    command = [str(ours), "export", "--model", str(checkpoint), "--feature", CASES[case][0], "--format", "onnx",
+               "--format", "torchscript", str(out)]
+    record = measure(command, tool_env(ours.parent), log)
+    files = {p.relative_to(out).as_posix(): p.stat().st_size for p in sorted(out.rglob("*"))
+             if p.is_file() and p.parts[len(out.parts)] in ("onnx", "torchscript")}
+    return {"rc": record["rc"], "wall_s": record["wall_s"], "files": files, "bytes": sum(files.values())}
 
 
 def ours_manifest(out: Path) -> dict:
@@ -377,6 +392,10 @@ def summarize(results: dict) -> list[dict]:
                 row["latency_ms"][role] = {"ours": ours_info.get("latency_ms_median"),
                                            "peer": peer_info.get("latency_ms_median")}
                 row["max_abs_diff"][role] = {"ours": ours_info.get("max_abs_diff"), "peer": peer_info.get("max_abs_diff")}
+            row["pr_bytes"] = {"ours": data.get("pr", {}).get("bytes"),
+                               "checkpoint": results["checkpoints"][case]["bytes"]}
+            row["loadavg_1m"] = {"min": min(r["loadavg_1m_before"] for r in runs),
+                                 "max": max(r["loadavg_1m_before"] for r in runs)}
             manifests = [r["manifest"].get("max_abs_diff") for r in ours_runs if r.get("manifest")]
             row["ours_manifest_max_abs_diff"] = max((m for m in manifests if m is not None), default=None)
             rows.append(row)
@@ -386,8 +405,8 @@ def summarize(results: dict) -> list[dict]:
 def render(rows: list[dict]) -> str:
     lines = ["| case (ours feature / peer task) | ours exporter | wall ours / peer | ratio | CPU ratio | peak RSS ours / "
              "peer | ratio | artifact size ours / peer | ratio | ORT latency ours / peer | ratio | max diff ours / peer "
-             "(same input) | ours manifest |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(same input) | ours manifest | PR bytes: fp32 ONNX + TorchScript / checkpoint | ratio | load (1 min) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         w, c, m, s = row["wall_s"], row["cpu_s"], row["peak_rss_bytes"], row["size_bytes"]
         latency = "<br>".join(f"{role}: {_fmt(v['ours'], 'ms')} / {_fmt(v['peer'], 'ms')}"
@@ -404,7 +423,10 @@ def render(rows: list[dict]) -> str:
             f"{_ratio(c['ours'], c['peer'])} | "
             f"{_fmt(m['ours'], 'MB')} / {_fmt(m['peer'], 'MB')} | {_ratio(m['ours'], m['peer'])} | "
             f"{_fmt(s['ours'], 'MB')} / {_fmt(s['peer'], 'MB')} | {_ratio(s['ours'], s['peer'])} | "
-            f"{latency} | {latency_ratio} | {diffs} | {_fmt(row['ours_manifest_max_abs_diff'], 'diff')} |")
+            f"{latency} | {latency_ratio} | {diffs} | {_fmt(row['ours_manifest_max_abs_diff'], 'diff')} | "
+            f"{_fmt(row['pr_bytes']['ours'], 'MB')} / {_fmt(row['pr_bytes']['checkpoint'], 'MB')} | "
+            f"{_ratio(row['pr_bytes']['ours'], row['pr_bytes']['checkpoint'])} | "
+            f"{row['loadavg_1m']['min']:.1f}-{row['loadavg_1m']['max']:.1f} |")
     return "\n".join(lines)
 
 
@@ -465,6 +487,9 @@ def main() -> int:
                 print(f"  {case:9} run {run} {variant:16} rc={record['rc']} wall {record['wall_s']:6.1f} s  "
                       f"cpu {record['cpu_s']:6.1f} s  peak RSS {record['peak_rss_bytes'] / 1e6:6.0f} MB  "
                       f"(load {record['loadavg_1m_before']:.1f})", flush=True)
+        data["pr"] = pr_bytes(case, checkpoint, LOGS / case / "ours-pr.log")
+        print(f"  {case:9} what a PR adds (fp32 ONNX + TorchScript): {data['pr']['bytes'] / 1e6:.0f} MB = "
+              f"{data['pr']['bytes'] / results['checkpoints'][case]['bytes']:.2f} x checkpoint", flush=True)
         print(f"  {case}: sizes, ORT latency and max diff of the last run's graphs ...", flush=True)
         data["analysis"] = analyze(case, {v: d for v, d in dirs.items() if d.is_dir()}, args.latency_iters,
                                    args.threads)

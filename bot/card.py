@@ -61,6 +61,7 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
 
     `readme_note` is ReadmeEdit.reason when README.md was left as it is (markdown, safe to show as is)."""
     order = {"onnx": 0, "torchscript": 1}
+    added = sum(a.size for a in result.artifacts)  # every file of every format and dtype: what merging downloads
     variants = [a for a in result.artifacts if _dtype(a) != "fp32"]
     if variants:  # the tables and snippets above the variants are about the fp32 graphs
         result = copy.copy(result)
@@ -76,7 +77,9 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
         "usage": usage, "usage_section": _render(USAGE_TEMPLATE, {"usage": usage}).strip(),
         "versions": library_versions(), "source_url": source_url, "trigger": trigger, "pr_ref": pr_ref,
         "shapes": "; ".join(shapes), "has_tokenizer": has_tokenizer, "tags": card_tags(result),
-        "readme_note": readme_note, **variant_data,
+        "readme_note": readme_note, **variant_data, "added_size": human_size(added),
+        "added_ratio": f"{added / result.weights_size:.2f}x" if result.weights_size else None,
+        "weights_size": human_size(result.weights_size),
         "variants_section": _render(VARIANTS_TEMPLATE, variant_data).strip(),
         # what merging changes; publish fills these from its plan (bot.manifest.PublishPlan.description_data)
         "changes": {"added": [], "replaced": [], "removed": [], "edited": []}, "only_adds": True, "withheld": [],

@@ -253,7 +253,13 @@ def head_skip_reason(missing: list[str]) -> str:
 
 
 def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | None = None, **kwargs):
-    """Load the model for a feature in eval mode; returns it with the names of weights that were initialised."""
+    """Load the model for a feature in eval mode; returns it with the names of weights that were initialised.
+
+    Always in float32, whatever dtype the checkpoint stores (bf16, fp16): the exported graphs are the fp32 ones
+    transformers.js and optimum load by default (`model.onnx`; half precision is the `fp16` dtype variant), and
+    onnxruntime's CPU kernels lack most bf16 operators (a bf16 GPT-2 graph does not even load).
+    """
+    kwargs.setdefault("dtype", torch.float32)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     # A stored head of another shape (e.g. 3 labels where multiple-choice needs 1) is re-initialised: random too.

@@ -1,4 +1,5 @@
-"""ONNX export: the TorchScript-based exporter first, then dynamo, then dynamo with eager attention.
+"""ONNX export: the TorchScript-based exporter first, then dynamo, then dynamo with eager attention (from 1.5 GB of
+weights on: dynamo first, see DYNAMO_FIRST_BYTES).
 
 The order is measured (benchmarks/README.md): against dynamo, the TorchScript-based exporter (`dynamo=False`) exports
 1.5-2.4x faster on the same checkpoints and its graphs run as fast or faster in onnxruntime (and as fast as
@@ -46,6 +47,19 @@ EXPORTER_CHOICES = {
     "torchscript": ["torchscript"],
 }
 
+# From this many bytes of weights on, `auto` tries dynamo first. Measured on a 2.23 GB GPT-2-style checkpoint
+# (benchmarks/README.md): dynamo writes its single external-data file directly (the TorchScript-based exporter writes
+# one file per tensor, which must be loaded and re-saved as one: +12 s, peak RSS 5.8 vs 2.8 GB while exporting), and
+# keeps tied weights once. Below it the TorchScript-based exporter is 1.5-2.4x faster.
+DYNAMO_FIRST_BYTES = 1_500_000_000
+DYNAMO_FIRST = ["dynamo", "dynamo+eager-attention", "torchscript"]
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, each tensor counted once (tied weights are one tensor)."""
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
 
 def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: dict[str, torch.Tensor],
                 inputs: list[InputSpec], output_names: list[str], path: Path, opset: int = DEFAULT_OPSET,
@@ -55,7 +69,10 @@ def export_onnx(wrapper_for: Callable[[str | None], torch.nn.Module], example: d
     `wrapper_for(attn_implementation)` gives the wrapped model, reloaded with that attention when it is not None.
     """
     errors = []
-    for name in EXPORTER_CHOICES[exporter]:
+    chain = EXPORTER_CHOICES[exporter]
+    if exporter == "auto" and weight_bytes(wrapper_for(None)) >= DYNAMO_FIRST_BYTES:
+        chain = DYNAMO_FIRST
+    for name in chain:
         dynamo, attention = ATTEMPTS[name]
         scratch = path.parent / f".{name}"
         scratch.mkdir(parents=True, exist_ok=True)
@@ -110,7 +127,22 @@ def _run_exporter(wrapper, example, inputs, output_names, path: Path, opset: int
         else:
             torch.onnx.export(wrapper, args, str(path), input_names=names, output_names=output_names,
                               dynamic_axes={**{spec.name: spec.dynamic_axes for spec in inputs}, **output_axes},
-                              opset_version=opset, dynamo=False)
+                              opset_version=opset, dynamo=False, do_constant_folding=not has_tied_weights(wrapper))
+
+
+def has_tied_weights(module: torch.nn.Module) -> bool:
+    """Whether one parameter serves twice (a language-model head tied to the input embeddings).
+
+    Why it matters: the TorchScript-based exporter folds the head's `Transpose(embedding)` into a second, transposed
+    initializer, storing the tied weight twice (GPT-2: +147 MB of 652 MB). Without constant folding the graph keeps
+    the Transpose node on the one stored weight; onnxruntime folds it when it loads the graph, so it runs as fast.
+    """
+    seen: set[int] = set()
+    for _, parameter in module.named_parameters(remove_duplicate=False):
+        if id(parameter) in seen:
+            return True
+        seen.add(id(parameter))
+    return False
 
 
 def _by_signature(wrapper: torch.nn.Module, shapes: list) -> tuple:
@@ -156,7 +188,8 @@ def _finalize(written: Path, path: Path) -> None:
             onnx.save_model(model, str(path))
         else:  # inline, one file per tensor, or more than a chunk: write the weights in chunks
             external.save(onnx.load(str(written)), path)
-    onnx.checker.check_model(str(path))  # by path: works for models with external data too
+    if size >= PROTOBUF_LIMIT:  # by path: reads only the graph. Below 2 GB the validation session that opens the
+        onnx.checker.check_model(str(path))  # file next parses and checks it anyway (the checker: +1 s, +0.9 GB)
 
 
 def _relocate(model: onnx.ModelProto, data_name: str) -> None:

@@ -1,0 +1,100 @@
+"""What a PR adds: a tied weight is stored once per file, and any checkpoint dtype or sharding exports alike.
+
+GPT-2's `lm_head` is its input embedding (`wte`). The TorchScript-based ONNX exporter used to fold the head's
+transpose into a second initializer, storing the embedding twice; these tests read the written files.
+"""
+
+import hashlib
+import json
+import zipfile
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from bot.job import Job, make_options
+from bot.pipeline import run_export
+from tests.tiny import build_checkpoint
+
+
+def _digests(array: np.ndarray) -> set[str]:
+    """The content of an initializer as stored and, for a matrix, as its transpose (a folded `Transpose`)."""
+    views = [array] + ([array.T] if array.ndim == 2 else [])
+    return {hashlib.sha256(np.ascontiguousarray(v).tobytes() + str(v.shape).encode()).hexdigest() for v in views}
+
+
+def _duplicates(path) -> list[str]:
+    seen: dict[str, str] = {}
+    duplicates = []
+    for tensor in onnx.load(str(path)).graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.size < 64:  # scalars and shape constants may repeat; weights may not
+            continue
+        hits = {seen[d] for d in _digests(array) if d in seen}
+        duplicates += [f"{tensor.name} == {other}" for other in hits]
+        seen.update({d: tensor.name for d in _digests(array)})
+    return duplicates
+
+
+@pytest.fixture(scope="module")
+def tied_gpt2(tmp_path_factory):
+    path = build_checkpoint(tmp_path_factory.mktemp("gpt2") / "ckpt", "gpt2", "causal-lm")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.lm_head.weight is model.transformer.wte.weight  # the premise: a tied head
+    return path
+
+
+def test_tied_lm_head_is_stored_once_in_each_file(tied_gpt2, tmp_path):
+    result = run_export(Job(model=str(tied_gpt2), output_dir=tmp_path,
+                            options=make_options(["causal-lm"], ["onnx", "torchscript"])))
+    assert result.ok, [f.error for f in result.failures]
+    graph = tmp_path / "onnx" / "model.onnx"
+    assert _duplicates(graph) == []
+    embedding = 99 * 32 * 4  # vocab x n_embd float32
+    model = onnx.load(str(graph))
+    assert sum(numpy_helper.to_array(t).nbytes == embedding for t in model.graph.initializer) == 1
+    with zipfile.ZipFile(tmp_path / "torchscript" / "model.pt") as archive:
+        records = [i.file_size for i in archive.infolist() if "/data/" in i.filename]
+    assert records.count(embedding) == 1
+
+    # the PR description states what merging adds, against the checkpoint's weights
+    from bot.card import context, render_pr_description
+    from bot.render import human_size
+
+    added = (tmp_path / "onnx" / "model.onnx").stat().st_size + (tmp_path / "torchscript" / "model.pt").stat().st_size
+    weights = (tied_gpt2 / "model.safetensors").stat().st_size
+    text = render_pr_description(context(result, "acme/tiny-gpt2"))
+    assert f"In all, **{human_size(added)}** of exports, {added / weights:.2f}x the checkpoint's weights" in text
+
+
+def test_sharded_bf16_checkpoint_exports_fp32_graphs(tmp_path):
+    source = build_checkpoint(tmp_path / "fp32", "gpt2", "causal-lm")
+    from transformers import AutoModelForCausalLM
+
+    sharded = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(source).to(torch.bfloat16).save_pretrained(sharded, max_shard_size="20KB")
+    shards = sorted(p.name for p in sharded.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and (sharded / "model.safetensors.index.json").exists()
+
+    out = tmp_path / "out"
+    result = run_export(Job(model=str(sharded), output_dir=out,
+                            options=make_options(["causal-lm-with-past"], ["onnx", "torchscript"])))
+    assert result.ok, [(f.error, f.validation and f.validation.to_dict()) for f in result.failures]
+    initializers = onnx.load(str(out / "onnx" / "model.onnx")).graph.initializer
+    assert {t.data_type for t in initializers if len(t.dims) == 2} == {onnx.TensorProto.FLOAT}
+    manifest = json.loads((out / "export_manifest.json").read_text())
+    assert set(shards) | {"model.safetensors.index.json"} <= set(manifest["source"]["files"])
+    assert all(a["validation"]["generation"]["passed"] for a in manifest["artifacts"])
+
+
+def test_auto_tries_dynamo_first_for_large_weights(tiny, tmp_path, monkeypatch):
+    from bot.export import onnx as onnx_export
+
+    monkeypatch.setattr(onnx_export, "DYNAMO_FIRST_BYTES", 1)  # every checkpoint counts as large
+    result = run_export(Job(model=str(tiny("bert")), output_dir=tmp_path, options=make_options(["default"], ["onnx"])))
+    assert result.ok, [f.error for f in result.failures]
+    assert [a.exporter for a in result.artifacts] == ["dynamo"]
