@@ -92,11 +92,12 @@ def hostile_result():
                                  to_dict=lambda: {"shapes_tried": [f"batch=3, {EVIL}"]})
     artifact = lambda path, fmt: SimpleNamespace(  # noqa: E731
         feature="default", component="model", format=fmt, path=path, size=1234, inputs=[EVIL, "attention_mask"],
-        outputs=[EVIL], exporter="torchscript", validation=validation)
+        outputs=[EVIL], exporter="torchscript", validation=validation,
+        files={path: {"size": 1000}, **({f"{path}_data{EVIL}": {"size": 234}} if fmt == "onnx" else {})})
     failure = SimpleNamespace(feature=EVIL, format="onnx", validation=validation,
                               error=("boom " + EVIL + "\n") * 20 + "\\")  # long: cut to 200 characters
     return SimpleNamespace(
-        primary="default", revision="0123456789abcdef", pooling=None,
+        primary="default", revision="0123456789abcdef", pooling=None, weights_size=5000,
         artifacts=[artifact(f"onnx/{EVIL_FILE}", "onnx"), artifact(f"torchscript/{EVIL_FILE}", "torchscript")],
         failures=[failure], skipped={EVIL: EVIL, "causal-lm": "class " + EVIL + " has no head"})
 
@@ -151,6 +152,8 @@ def test_ordinary_values_render_as_before():
     for a in result.artifacts:
         a.feature, a.inputs, a.outputs = "default", ["input_ids", "attention_mask"], ["last_hidden_state"]
     result.artifacts[0].path, result.artifacts[1].path = "onnx/model.onnx", "torchscript/model.pt"
+    for a in result.artifacts:
+        a.files = {a.path: {"size": 1234}}
     result.failures, result.skipped, result.primary = [], {"masked-lm": "no head"}, "default"
     ctx = context(result, "acme/model", source_url="https://github.com/acme/m/commit/0123", pr_ref="refs/pr/3",
                   has_tokenizer=True)
