@@ -482,14 +482,18 @@ class HubEmulator:
 
     def _route(self, req: _Request, is_cdn: bool) -> tuple[int, dict, bytes]:
         with self._lock:
-            for methods, pattern, name in _CDN_ROUTES if is_cdn else _ROUTES:
-                match = re.match(pattern, req.path)
-                if match and req.method in methods.split():
-                    try:
-                        return getattr(self, name)(req, match)
-                    except HubError as err:
-                        return self._error(err)
-            return self._error(HubError(404, "Not Found"))
+            return self._dispatch(_CDN_ROUTES if is_cdn else _ROUTES, req) or self._error(HubError(404, "Not Found"))
+
+    def _dispatch(self, routes, req: _Request) -> tuple[int, dict, bytes] | None:
+        """The answer of the first of `routes` matching the request (a HubError as its error), or None."""
+        for methods, pattern, name in routes:
+            match = re.match(pattern, req.path)
+            if match and req.method in methods.split():
+                try:
+                    return getattr(self, name)(req, match)
+                except HubError as err:
+                    return self._error(err)
+        return None
 
     @staticmethod
     def _json(obj, status: int = 200, headers: dict | None = None) -> tuple[int, dict, bytes]:

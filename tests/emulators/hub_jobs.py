@@ -146,15 +146,8 @@ class JobsHub(HubEmulator):
     # ---- routing ---------------------------------------------------------------------------------------------------
 
     def _route(self, req, is_cdn):
-        if not is_cdn:
-            for methods, pattern, name in _ROUTES:
-                match = re.match(pattern, req.path)
-                if match and req.method in methods.split():
-                    try:
-                        return getattr(self, name)(req, match)
-                    except HubError as err:
-                        return self._error(err)
-        return super()._route(req, is_cdn)
+        answer = None if is_cdn else self._dispatch(_ROUTES, req)  # Jobs and webhooks, then the Hub's own routes
+        return answer or super()._route(req, is_cdn)
 
     def _new_id(self) -> str:
         return f"{next(self._ids):024x}"
