@@ -108,13 +108,19 @@ def run_job_entry(environ: Mapping[str, str], progress: Callable[[str], None] | 
 
 
 def run_job_command(args) -> int:
-    """`hub-export-bot job`: the CLI wrapper (progress on stderr; BotErrors other than bad input exit 1)."""
-    def show(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
+    """`hub-export-bot job`: the CLI wrapper (progress on stderr, as `export` shows it; BotErrors other than bad
+    input exit 1)."""
+    from bot.progress import Reporter
 
-    return run_job_entry(os.environ, progress=show)
+    reporter = Reporter()
+    try:
+        return run_job_entry(os.environ, progress=reporter)
+    finally:
+        reporter.close()
 
 
 def _emit(out, data: dict, started: float) -> None:
+    """The one JSON result line the Job's logs (and `serve --runner hf-jobs`) read."""
     data["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(data), file=out, flush=True)
+    out.write(json.dumps(data) + "\n")
+    out.flush()

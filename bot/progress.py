@@ -27,7 +27,8 @@ class Reporter:
         if self.bar is not None:
             self.bar.set_postfix_str(" ".join(message.split()), refresh=True)
         else:
-            print(f"[{time.perf_counter() - self.started:6.1f}s] {message}", file=self.stream, flush=True)
+            self.stream.write(f"[{time.perf_counter() - self.started:6.1f}s] {message}\n")
+            self.stream.flush()
 
     def steps(self, total: int, unit: str = "feature") -> None:
         """The pipeline planned `total` steps: on a TTY, start the bar."""
