@@ -601,4 +601,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    import gc
+
+    gc.freeze()  # the interpreter's last collections over torch and transformers take ~1.2 s (bot.cli.main)
+    raise SystemExit(status)

@@ -7,6 +7,7 @@ commands that export import them.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -158,6 +159,18 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; `argv` None means this process's own arguments (the console script, `python -m bot`)."""
+    try:
+        return _main(argv)
+    finally:
+        if argv is None:
+            # A process that imported torch and transformers spends ~1.2 s in the interpreter's last garbage
+            # collections at exit (MiniLM export: 8.1 -> 6.9 s wall); frozen objects are not traversed. Only at
+            # the end of the process: a caller in the same process keeps its collectable garbage.
+            gc.freeze()
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():

@@ -143,9 +143,10 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
         steps(say, len(plan.features))
         for index, feature in enumerate(plan.features, 1):
             say(f"[{index}/{len(plan.features)}] {feature}: loading {checkpoint.model_type} weights")
+            if index > 1:
+                gc.collect()  # the previous feature's model, before the next one loads (not after the last: 0.3 s)
             _export_feature(checkpoint, feature, job, tokenizer, staging, result, say)
             advance(say)
-            gc.collect()
         if not result.artifacts and not result.failures:
             raise UsageError(f"no feature of {checkpoint.source} has its weights in the checkpoint: "
                              + "; ".join(f"{f}: {r}" for f, r in result.skipped.items()))
