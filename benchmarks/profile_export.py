@@ -146,7 +146,8 @@ def main() -> int:
         (onnx.checker, "check_model", "onnx.checker.check_model"),
         (pipeline, "onnx_runner", "ORT session for validation"),
         (pipeline, "validate", "validate (ORT runs + compare)"),
-        (pipeline, "_check_generation", "greedy decoding parity"),
+        (pipeline, "generation_reference", "generate() reference (eager)"),
+        (pipeline, "_check_generation", "greedy decoding with the artifacts"),
         (pipeline, "_file_digest", "sha256 of artifacts"),
         (pipeline, "write_manifest", "write manifest"),
         # the dynamo exporter's own steps

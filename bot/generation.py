@@ -96,18 +96,38 @@ def _reference(model, ids: np.ndarray, mask: np.ndarray) -> list[list[int]]:
     return [row[skip:] for row in out.tolist()]
 
 
-def check_generation(model, feature: str, call: Call, graph_inputs: GraphInputs) -> GenerationCheck:
-    """Decode NEW_TOKENS greedily for a padded batch with `call` and compare every row with generate()."""
+@dataclass
+class GenerationReference:
+    """generate()'s tokens for the padded batch, computed with the eager model before it is released."""
+
+    config: object
+    seq2seq: bool
+    ids: np.ndarray
+    mask: np.ndarray
+    rows: list[list[int]]
+    expected: list[list[int]]
+
+    @property
+    def side(self) -> str:
+        return "right" if self.seq2seq else "left"
+
+
+def generation_reference(model, feature: str) -> GenerationReference:
+    """The padded batch of prompts for `feature` and what generate() makes of it."""
     seq2seq = bool(model.config.is_encoder_decoder and feature.startswith("seq2seq"))
-    side = "right" if seq2seq else "left"
-    ids, mask, rows = padded_prompts(model.config, side)
-    expected = _reference(model, ids, mask)
+    ids, mask, rows = padded_prompts(model.config, "right" if seq2seq else "left")
+    return GenerationReference(model.config, seq2seq, ids, mask, rows, _reference(model, ids, mask))
+
+
+def check_generation(reference: GenerationReference, call: Call, graph_inputs: GraphInputs) -> GenerationCheck:
+    """Decode NEW_TOKENS greedily for the reference's batch with `call` and compare every row with generate()."""
     try:
-        decode = _seq2seq if seq2seq else _causal
-        actual = decode(model.config, ids, mask, call, graph_inputs, NEW_TOKENS)
+        decode = _seq2seq if reference.seq2seq else _causal
+        actual = decode(reference.config, reference.ids, reference.mask, call, graph_inputs, NEW_TOKENS)
     except Exception as exc:  # the artifacts could not decode: a failed check, not a crash
-        return GenerationCheck(rows, expected, [], f"{type(exc).__name__}: {str(exc)[:300]}", side)
-    return GenerationCheck(rows, expected, actual, padding=side)
+        return GenerationCheck(reference.rows, reference.expected, [], f"{type(exc).__name__}: {str(exc)[:300]}",
+                               reference.side)
+    return GenerationCheck(reference.rows, reference.expected, actual, padding=reference.side)
 
 
 def _empty_past(names: dict[str, tuple], batch: int) -> dict[str, np.ndarray]:

@@ -25,17 +25,17 @@ from bot.diskfull import raise_if_disk_full
 from bot.errors import BotError, UsageError
 from bot import layout
 from bot.export.merge import merge_decoders
-from bot.export.onnx import artifact_files, export_onnx, move_onnx
+from bot.export.onnx import artifact_files, export_onnx, move_onnx, weight_bytes
 from bot.export.torchscript import export_torchscript
-from bot.generation import GENERATION_FEATURES, check_generation
+from bot.generation import GENERATION_FEATURES, GenerationReference, check_generation, generation_reference
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
 from bot.outputdir import clear as clear_earlier_export
 from bot.progress import advance, steps
 from bot.specs import Graph, spec_for
 from bot.usage import sentence_transformers_pooling
-from bot.validate import (DEFAULT_RTOL, Runner, ValidationCase, ValidationReport, named_caller, onnx_runner,
-                          reference_cases, torchscript_runner, validate)
+from bot.validate import (DEFAULT_RTOL, LEAN_SESSION_BYTES, Runner, ValidationCase, ValidationReport,
+                          named_caller, onnx_runner, reference_cases, torchscript_runner, validate)
 
 log = logging.getLogger(__name__)
 
@@ -191,8 +191,27 @@ def _place(artifact: Artifact, staging: Path, output_dir: Path, primary: str) ->
                       else _file_digest(f) for i, f in enumerate(moved)}
 
 
+# From this many bytes of weights on, the eager model is released once the feature's graphs are written: its
+# references (validation outputs, generate()'s tokens) are computed before exporting, so the artifacts are validated
+# without it, and the model and an onnxruntime session of the same weights are never in memory together.
+RELEASE_MODEL_BYTES = LEAN_SESSION_BYTES
+
+
+@dataclass
+class _Written:
+    """A graph file in staging, exported but not yet validated."""
+
+    graph: Graph
+    format: str
+    relative: str
+    exporter: str
+    seconds: float
+
+
 def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path, result: ExportResult,
                     say: Progress) -> None:
+    """Load, compute every reference, write every graph in every format, then validate the files (without the eager
+    model when it is large), merge the ONNX decoders, check decoding, and make the dtype variants."""
     started = time.perf_counter()
     options = job.options
     loaded = ckpt.load_for_feature(checkpoint, feature)
@@ -207,28 +226,33 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
     graphs = spec.graphs(loaded.model, feature, tokenizer)
     tolerance = (options.atol or spec.atol, DEFAULT_RTOL if options.rtol is None else options.rtol)
     result.timings[f"{feature}/load"] = time.perf_counter() - started
-    graphs_by_name = {g.name: g for g in graphs}
-    cases_by_graph: dict[str, list[ValidationCase]] = {}
+    cases_by_graph = {graph.name: reference_cases(graph.wrapper, graph.cases) for graph in graphs}
+    axes_by_graph = {graph.name: _dynamic_axes(graph, cases_by_graph[graph.name]) for graph in graphs}
+    # Parity is checked where generate() runs the same computation as the graphs: decoder-only and encoder-decoder
+    # families. An encoder's LM head (RoBERTa's causal-lm) gets position ids from generate() that its plain forward
+    # computes differently, so there only the output checks apply.
+    decoding = (generation_reference(loaded.model.eval(), feature)
+                if feature in GENERATION_FEATURES and checkpoint.support.family in ("decoder", "seq2seq") else None)
+    written = _write_graphs(graphs, checkpoint, feature, loaded, spec, tokenizer, axes_by_graph, options, staging,
+                            result, say)
+    keep_model = weight_bytes(loaded.model) < RELEASE_MODEL_BYTES
+    model = loaded.model if keep_model else None
+    if not keep_model:
+        for graph in graphs:  # the contracts stay; the wrappers (and with them the model) go
+            graph.wrapper, graph.example = None, {}
+        say(f"    {feature}: model released, validating the files alone")
+    del loaded
+    if not keep_model:
+        gc.collect()
+
     produced: list[Artifact] = []
     # the validation runners, kept for the decoding check of a generative feature (no second session per graph)
-    runners: dict[str, Runner] | None = {} if feature in GENERATION_FEATURES else None
-    for graph in graphs:
-        cases = cases_by_graph[graph.name] = reference_cases(graph.wrapper, graph.cases)
-        axes = _dynamic_axes(graph, cases)
-
-        def wrapper_for(attention: str | None, name=graph.name):
-            if attention is None:
-                return graphs_by_name[name].wrapper.eval()
-            reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention, **loaded.load_kwargs)
-            rebuilt = {g.name: g for g in spec.graphs(reloaded, feature, tokenizer)}
-            return rebuilt[name].wrapper.eval()
-
-        # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
-        for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
-            artifact = _export_graph(graph, fmt, feature, axes, cases, wrapper_for, tolerance, options, staging,
-                                     result, say, random_head, runners)
-            if artifact is not None:
-                produced.append(artifact)
+    runners: dict[str, Runner] | None = {} if decoding is not None else None
+    for item in written:
+        artifact = _validate_graph(item, feature, axes_by_graph[item.graph.name], cases_by_graph[item.graph.name],
+                                   tolerance, options, staging, result, say, random_head, runners)
+        if artifact is not None:
+            produced.append(artifact)
     for fmt in options.formats:
         artifacts = [a for a in produced if a.format == fmt]
         if len(artifacts) < len(graphs):
@@ -239,27 +263,65 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
             artifacts = _merge_decoders(artifacts, cases_by_graph, feature, tolerance, staging, result, say, runners)
             if artifacts is None:
                 continue
-        # Parity is checked where generate() runs the same computation as the graphs: decoder-only and
-        # encoder-decoder families. An encoder's LM head (RoBERTa's causal-lm) gets position ids from generate()
-        # that its plain forward computes differently, so there only the output checks apply.
-        if feature in GENERATION_FEATURES and checkpoint.support.family in ("decoder", "seq2seq"):
-            if not _check_generation(loaded.model, feature, fmt, artifacts, staging, say, runners or {}):
-                _withdraw(artifacts, result, "greedy decoding with the artifacts differs from generate()")
-                continue
+        if decoding is not None and not _check_generation(decoding, feature, fmt, artifacts, staging, say,
+                                                          runners or {}):
+            _withdraw(artifacts, result, "greedy decoding with the artifacts differs from generate()")
+            continue
         result.artifacts.extend(artifacts)
         for artifact in artifacts:
             (runners or {}).pop(artifact.path, None)
-        if fmt == "onnx":
-            _add_variants(artifacts, loaded.model, feature, checkpoint, spec, graphs, tokenizer, job, staging,
-                          result, say)
+        if fmt == "onnx" and not set(options.dtypes) <= {layout.FP32}:
+            if model is None:  # released above: the variants' quality gates compare with PyTorch again
+                model = ckpt.load_for_feature(checkpoint, feature).model
+                graphs = spec.graphs(model, feature, tokenizer)
+            _add_variants(artifacts, model, feature, checkpoint, spec, graphs, tokenizer, job, staging, result, say)
+
+
+def _write_graphs(graphs: list[Graph], checkpoint, feature: str, loaded, spec, tokenizer, axes_by_graph,
+                  options, staging: Path, result: ExportResult, say: Progress) -> list[_Written]:
+    """Every graph in every requested format, into staging; an exporter failure is recorded, not raised."""
+    by_name = {graph.name: graph for graph in graphs}
+
+    def wrapper_for(attention: str | None, name: str):
+        if attention is None:
+            return by_name[name].wrapper.eval()
+        reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention, **loaded.load_kwargs)
+        return {g.name: g for g in spec.graphs(reloaded, feature, tokenizer)}[name].wrapper.eval()
+
+    written = []
+    for graph in graphs:
+        # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
+        for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
+            relative = f"{fmt}/{feature}/{graph.name}{layout.SUFFIXES[fmt]}"
+            path = staging / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            step = time.perf_counter()
+            say(f"    {_label(feature, graph.name)} -> {fmt}: exporting")
+            try:
+                if fmt == "onnx":
+                    axes = axes_by_graph[graph.name]
+                    exporter = export_onnx(lambda attention, name=graph.name: wrapper_for(attention, name),
+                                           graph.example, graph.inputs, graph.output_names, path, options.opset,
+                                           options.exporter, output_axes={n: axes[n] for n in graph.output_names})
+                else:
+                    exporter = export_torchscript(graph.wrapper.eval(), graph.example, graph.inputs, path)
+            except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
+                raise_if_disk_full(exc, staging)
+                message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
+                result.failures.append(Failure(feature, fmt, message, component=graph.name))
+                continue
+            written.append(_Written(graph, fmt, relative, exporter, time.perf_counter() - step))
+    return written
+
+
+def _label(feature: str, graph_name: str) -> str:
+    return f"{feature}/{graph_name}" if graph_name != "model" else feature
 
 
 def _add_variants(artifacts: list[Artifact], model, feature: str, checkpoint, spec, graphs, tokenizer, job: Job,
                   staging: Path, result: ExportResult, say: Progress) -> None:
     """The requested dtype variants of a feature's validated (and merged) ONNX graphs; each is published only if
     it passes its quality gate against PyTorch (bot.export.variants), else it is listed in `result.refused`."""
-    if set(job.options.dtypes) <= {layout.FP32}:
-        return
     from bot.export.variants import Context, make_variants
 
     started = time.perf_counter()
@@ -348,8 +410,8 @@ def _merged_cases(first: Artifact, first_cases: list[ValidationCase], cached: Ar
     return cases
 
 
-def _check_generation(model, feature: str, fmt: str, artifacts: list[Artifact], staging: Path,
-                      say: Progress, runners: dict[str, Runner]) -> bool:
+def _check_generation(decoding: GenerationReference, feature: str, fmt: str, artifacts: list[Artifact],
+                      staging: Path, say: Progress, runners: dict[str, Runner]) -> bool:
     """Decode a padded batch with the feature's validated graphs of one format; the check goes to each report."""
     say(f"    {feature} -> {fmt}: greedy decoding of a padded batch with the artifacts vs generate()")
     callers = {a.component: named_caller(fmt, staging / a.path, a.inputs, a.outputs, runners.pop(a.path, None))
@@ -361,53 +423,43 @@ def _check_generation(model, feature: str, fmt: str, artifacts: list[Artifact], 
         zeros = {name: np.zeros_like(named["input_ids"]) for name in type_ids[component]}
         return callers[component]({**named, **zeros})
 
-    check = check_generation(model.eval(), feature, call, graph_inputs)
+    check = check_generation(decoding, call, graph_inputs)
     for artifact in artifacts:
         artifact.validation.generation = check.to_dict()
     return check.passed
 
 
-def _export_graph(graph: Graph, fmt: str, feature: str, axes, cases, wrapper_for, tolerance: tuple[float, float],
-                  options, staging: Path, result: ExportResult, say: Progress, random_head: bool,
-                  runners: dict[str, Runner] | None = None) -> Artifact | None:
-    relative = f"{fmt}/{feature}/{graph.name}{layout.SUFFIXES[fmt]}"
-    path = staging / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[float, float], options,
+                    staging: Path, result: ExportResult, say: Progress, random_head: bool,
+                    runners: dict[str, Runner] | None = None) -> Artifact | None:
+    graph, fmt, path = item.graph, item.format, staging / item.relative
     step = time.perf_counter()
-    label = f"{feature}/{graph.name}" if graph.name != "model" else feature
-    say(f"    {label} -> {fmt}: exporting")
-    try:
-        if fmt == "onnx":
-            exporter = export_onnx(wrapper_for, graph.example, graph.inputs, graph.output_names, path,
-                                   options.opset, options.exporter,
-                                   output_axes={n: axes[n] for n in graph.output_names})
-            runner = onnx_runner(path)
-        else:
-            exporter = export_torchscript(graph.wrapper.eval(), graph.example, graph.inputs, path)
-            runner = torchscript_runner(path, graph.output_names)
-    except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
-        raise_if_disk_full(exc, staging)
-        message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
-        result.failures.append(Failure(feature, fmt, message, component=graph.name))
-        return None
+    label = _label(feature, graph.name)
     say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
+    try:
+        runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, graph.output_names)
+    except Exception as exc:  # a file its runtime cannot load is a failed artifact
+        raise_if_disk_full(exc, staging)
+        result.failures.append(Failure(feature, fmt, f"{type(exc).__name__}: {str(exc)[:500]}", component=graph.name))
+        return None
     report = validate(fmt, runner, graph.output_names, cases, *tolerance)
     # Kept for decoding: ONNX sessions of graphs that are published as they are. TorchScript modules reload cheaply,
     # and the ONNX decoder pair is replaced by the merged graph; holding those would raise the peak (t5-small +0.7 GB).
     if runners is not None and report.passed and fmt == "onnx" and graph.name not in (layout.DECODER,
                                                                                        layout.DECODER_WITH_PAST):
-        runners[relative] = runner
+        runners[item.relative] = runner
     del runner
-    seconds = time.perf_counter() - step
+    seconds = item.seconds + time.perf_counter() - step
     result.timings[f"{label}/{fmt}"] = seconds
     if not report.passed:
         result.failures.append(Failure(feature, fmt, "validation failed", report, component=graph.name))
         return None
     files = artifact_files(path) if fmt == "onnx" else [path]
     return Artifact(
-        path=relative, format=fmt, feature=feature, component=graph.name, inputs=[i.name for i in graph.inputs],
-        outputs=graph.output_names, dynamic_axes=axes, opset=options.opset if fmt == "onnx" else None,
-        exporter=exporter, files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
+        path=item.relative, format=fmt, feature=feature, component=graph.name,
+        inputs=[i.name for i in graph.inputs], outputs=graph.output_names, dynamic_axes=axes,
+        opset=options.opset if fmt == "onnx" else None, exporter=item.exporter,
+        files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
         validation=report, seconds=seconds, random_head=random_head,
         input_dims={i.name: i.dims for i in graph.inputs})
 

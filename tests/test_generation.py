@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bot.checkpoint import load_model, open_checkpoint
-from bot.generation import NEW_TOKENS, PROMPT_LENGTHS, check_generation
+from bot.generation import NEW_TOKENS, PROMPT_LENGTHS, check_generation, generation_reference
 from bot.job import Job, make_options
 from bot.pipeline import run_export
 from bot.specs.decoder import WithPast
@@ -70,15 +70,50 @@ def _gpt2_call(model, position_ids: bool, swap_layers: bool = False):
 def test_the_reference_loop_passes_and_a_miswired_cache_fails(lively):
     """Presents fed back under each other's names: every output check would pass, decoding does not."""
     model, _ = load_model(open_checkpoint(lively[("gpt2", "causal-lm")], "tiny"), "causal-lm")
-    assert check_generation(model, "causal-lm-with-past", *_gpt2_call(model, position_ids=True)).passed
-    check = check_generation(model, "causal-lm-with-past", *_gpt2_call(model, True, swap_layers=True))
+    reference = generation_reference(model, "causal-lm-with-past")
+    assert check_generation(reference, *_gpt2_call(model, position_ids=True)).passed
+    check = check_generation(reference, *_gpt2_call(model, True, swap_layers=True))
     assert not check.passed and check.actual != check.expected
 
 
 def test_a_graph_without_position_ids_fails_on_the_left_padded_rows(lively):
     """Without position ids GPT-2 counts left padding as positions: the padded rows decode other tokens."""
     model, _ = load_model(open_checkpoint(lively[("gpt2", "causal-lm")], "tiny"), "causal-lm")
-    check = check_generation(model, "causal-lm-with-past", *_gpt2_call(model, position_ids=False))
+    check = check_generation(generation_reference(model, "causal-lm-with-past"),
+                             *_gpt2_call(model, position_ids=False))
     assert not check.passed
     assert check.actual[0] == check.expected[0]  # the longest row has no padding
     assert check.actual[1:] != check.expected[1:]
+
+
+def test_a_large_model_is_released_before_its_files_are_validated(lively, tmp_path, monkeypatch):
+    """Above RELEASE_MODEL_BYTES (lowered here to 0) the eager model is gone when the first runtime session opens:
+    validation and decoding use the references computed beforehand, and the q8 variant's gate reloads the model."""
+    import weakref
+
+    from bot import checkpoint, pipeline
+
+    monkeypatch.setattr(pipeline, "RELEASE_MODEL_BYTES", 0)
+    loaded_models, alive_at_validation = [], []
+    load_for_feature, onnx_runner = checkpoint.load_for_feature, pipeline.onnx_runner
+
+    def tracked_load(*args, **kwargs):
+        loaded = load_for_feature(*args, **kwargs)
+        loaded_models.append(weakref.ref(loaded.model))
+        return loaded
+
+    def checked_runner(path):
+        alive_at_validation.append(loaded_models[0]() is not None)
+        return onnx_runner(path)
+
+    monkeypatch.setattr(checkpoint, "load_for_feature", tracked_load)
+    monkeypatch.setattr(pipeline, "onnx_runner", checked_runner)
+    messages = []
+    result = run_export(Job(model=str(lively[("gpt2", "causal-lm")]), output_dir=tmp_path,
+                            options=make_options(["causal-lm-with-past"], dtypes=("fp32", "q8"))), messages.append)
+    assert result.ok, [(f.component, f.format, f.error) for f in result.failures]
+    assert alive_at_validation and not any(alive_at_validation)
+    assert any("model released" in m for m in messages)
+    assert len(loaded_models) == 2  # the export's load, and the variants' reload
+    assert {(a.format, a.dtype) for a in result.artifacts} == {("onnx", "fp32"), ("onnx", "q8"), ("torchscript", "fp32")}
+    assert all(a.validation.generation["passed"] for a in result.artifacts if a.dtype == "fp32")
