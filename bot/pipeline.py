@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -355,6 +356,7 @@ def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[Va
     say(f"    {feature}/{layout.MERGED_DECODER} -> onnx: merging the two decoders")
     try:
         merge_decoders(staging / first.path, staging / cached.path, staging / relative)
+        digests = _digests(staging, artifact_files(staging / relative))
         runner = onnx_runner(staging / relative)
     except Exception as exc:  # a merge failure withdraws the pair: clients cannot use split decoders alone
         raise_if_disk_full(exc, staging)
@@ -379,7 +381,7 @@ def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[Va
         path=relative, format="onnx", feature=feature, component=layout.MERGED_DECODER, inputs=inputs,
         outputs=first.outputs, dynamic_axes={**axes, **{o: first.dynamic_axes.get(o, {}) for o in first.outputs}},
         opset=first.opset, exporter=first.exporter,
-        files={f.relative_to(staging).as_posix(): _file_digest(f) for f in artifact_files(staging / relative)},
+        files=digests.result(),
         validation=report, seconds=first.seconds + cached.seconds + time.perf_counter() - step,
         random_head=first.random_head,
         input_dims={**first.input_dims, **cached.input_dims, layout.USE_CACHE_BRANCH: (1,)})
@@ -436,6 +438,7 @@ def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[
     step = time.perf_counter()
     label = _label(feature, graph.name)
     say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
+    digests = _digests(staging, artifact_files(path) if fmt == "onnx" else [path])
     try:
         runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, graph.output_names)
     except Exception as exc:  # a file its runtime cannot load is a failed artifact
@@ -454,12 +457,10 @@ def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[
     if not report.passed:
         result.failures.append(Failure(feature, fmt, "validation failed", report, component=graph.name))
         return None
-    files = artifact_files(path) if fmt == "onnx" else [path]
     return Artifact(
         path=item.relative, format=fmt, feature=feature, component=graph.name,
         inputs=[i.name for i in graph.inputs], outputs=graph.output_names, dynamic_axes=axes,
-        opset=options.opset if fmt == "onnx" else None, exporter=item.exporter,
-        files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
+        opset=options.opset if fmt == "onnx" else None, exporter=item.exporter, files=digests.result(),
         validation=report, seconds=seconds, random_head=random_head,
         input_dims={i.name: i.dims for i in graph.inputs})
 
@@ -481,6 +482,15 @@ def _dynamic_axes(graph: Graph, cases) -> dict[str, dict[int, str]]:
                 found[dim] = axis
         axes[name] = found
     return axes
+
+
+_HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+
+
+def _digests(staging: Path, files: list[Path]) -> Future:
+    """{path relative to staging: digest} of an artifact's files, computed on a worker thread while the artifact is
+    validated: hashlib and onnxruntime both release the GIL, so the hashing costs no wall time (gpt2: 0.3 s)."""
+    return _HASHING.submit(lambda: {f.relative_to(staging).as_posix(): _file_digest(f) for f in files})
 
 
 def _file_digest(path: Path) -> dict:
