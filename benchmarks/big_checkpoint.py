@@ -107,6 +107,7 @@ def export(checkpoint: Path, exporter: str) -> dict:
                    "--exporter", exporter, str(OUT)]
         bin_dir = ours.parent
     timefile = OUT.with_suffix(".time")
+    timefile.parent.mkdir(parents=True, exist_ok=True)
     use_time = Path("/usr/bin/time").is_file()
     full = ["/usr/bin/time", "-v", "-o", str(timefile)] + command if use_time else command
     lines, samples = [], []
