@@ -49,3 +49,26 @@ def test_external_data_is_published_with_its_graph(tiny, tmp_path, small_limit):
         pr_files = hub.files("acme/big", "refs/pr/1")
         assert {"onnx/model.onnx", "onnx/model.onnx_data"} <= set(pr_files)
         assert "onnx/model.onnx_data" in hub.get_commit("acme/big", "refs/pr/1").lfs
+
+
+def test_a_side_file_over_a_chunk_is_rechunked_from_disk(tiny, tmp_path, small_limit, monkeypatch):
+    """dynamo writes one side file; over the chunk size it is copied into chunks a block at a time, never loaded
+    into memory as a whole (onnx.load with external data would hold the model's weights a second time)."""
+    from bot.export import external
+
+    monkeypatch.setattr(external, "CHUNK_BYTES", 64 * 1024)
+    load = onnx.load
+
+    def graph_only(path, *args, **kwargs):
+        assert kwargs.get("load_external_data") is False, "the exporter's weights were loaded into memory"
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", graph_only)
+    result = run_export(Job(model=str(tiny("bert")), output_dir=tmp_path,
+                            options=make_options(["default"], ["onnx"], exporter="dynamo")))
+    monkeypatch.setattr(onnx, "load", load)
+    assert result.ok, [(f.error, f.validation and f.validation.to_dict()) for f in result.failures]
+    chunks = sorted(p.name for p in (tmp_path / "onnx").iterdir() if p.name != "model.onnx")
+    assert len(chunks) >= 2 and chunks[:2] == ["model.onnx_data", "model.onnx_data_1"]
+    assert all((tmp_path / "onnx" / name).stat().st_size <= 64 * 1024 for name in chunks)
+    onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"))

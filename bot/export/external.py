@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import onnx
-from onnx.external_data_helper import _get_all_tensors, set_external_data, uses_external_data
+from onnx.external_data_helper import _get_all_tensors, uses_external_data
 
 from bot.errors import ExportError
 from bot.layout import external_data_name
@@ -32,10 +32,13 @@ def data_files(graph: Path) -> list[Path]:
     return found
 
 
-def save(model: onnx.ModelProto, path: Path, chunk_bytes: int | None = None) -> list[Path]:
+def save(model: onnx.ModelProto, path: Path, chunk_bytes: int | None = None,
+         source: Path | None = None) -> list[Path]:
     """Write `model` to `path` with its weights in chunks of at most `chunk_bytes` (CHUNK_BYTES); return them.
 
-    The model's tensors are moved out of the proto as they are written, so memory does not double.
+    The weights come from the proto (moved out of it as they are written, so memory does not double) or, for
+    tensors already external, from their files in the folder `source`, copied a block at a time: re-chunking an
+    exporter's 2.2 GB side file this way holds one block, where loading it first held the whole model again.
     """
     limit = chunk_bytes or CHUNK_BYTES
     for stale in data_files(path):
@@ -44,9 +47,10 @@ def save(model: onnx.ModelProto, path: Path, chunk_bytes: int | None = None) -> 
     handle, offset = None, 0
     try:
         for tensor in _get_all_tensors(model):
-            if not tensor.HasField("raw_data") or len(tensor.raw_data) < INLINE_BYTES:
+            stored = _stored_at(tensor, source) if uses_external_data(tensor) else None
+            if stored is None and (not tensor.HasField("raw_data") or len(tensor.raw_data) < INLINE_BYTES):
                 continue
-            size = len(tensor.raw_data)
+            size = stored[2] if stored else len(tensor.raw_data)
             start = -(-offset // ALIGNMENT) * ALIGNMENT
             if handle is None or (offset and start + size > limit):
                 if handle is not None:
@@ -54,10 +58,11 @@ def save(model: onnx.ModelProto, path: Path, chunk_bytes: int | None = None) -> 
                 chunks.append(path.with_name(external_data_name(path.name, len(chunks))))
                 handle, start = open(chunks[-1], "wb"), 0
             handle.write(b"\0" * (start - handle.tell()))
-            handle.write(tensor.raw_data)
-            set_external_data(tensor, location=chunks[-1].name, offset=start, length=size)
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            tensor.ClearField("raw_data")
+            if stored:
+                _copy(*stored, handle)
+            else:
+                handle.write(tensor.raw_data)
+            _point(tensor, chunks[-1].name, start, size)
             offset = start + size
     finally:
         if handle is not None:
@@ -69,6 +74,43 @@ def save(model: onnx.ModelProto, path: Path, chunk_bytes: int | None = None) -> 
                           f"transformers.js loads at most {MAX_CHUNKS}")
     onnx.save_model(model, str(path))
     return chunks
+
+
+COPY_BLOCK = 64 << 20
+
+
+def _point(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    """The tensor's bytes are now at `offset` in the chunk `location` (and no longer in the proto)."""
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.ClearField("raw_data")
+
+
+def _stored_at(tensor: onnx.TensorProto, source: Path | None) -> tuple[Path, int, int]:
+    """(file, offset, length) of an external tensor's bytes in the folder `source`."""
+    if source is None:
+        raise ExportError(f"tensor {tensor.name} is stored outside the graph, and no folder was given to read it")
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    file = source / entries["location"]
+    if file.resolve().parent != source.resolve():  # exporter output only: never a path outside its folder
+        raise ExportError(f"tensor {tensor.name} is stored outside the export folder: {entries['location']}")
+    offset = int(entries.get("offset", 0))
+    length = int(entries["length"]) if "length" in entries else file.stat().st_size - offset
+    return file, offset, length
+
+
+def _copy(file: Path, offset: int, length: int, handle) -> None:
+    with open(file, "rb") as data:
+        data.seek(offset)
+        while length:
+            block = data.read(min(COPY_BLOCK, length))
+            if not block:
+                raise ExportError(f"{file.name} ends before the tensor it holds")
+            handle.write(block)
+            length -= len(block)
 
 
 def locations(model: onnx.ModelProto) -> set[str]:

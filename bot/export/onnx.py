@@ -188,7 +188,7 @@ def _finalize(written: Path, path: Path) -> None:
             _relocate(model, data_name)
             onnx.save_model(model, str(path))
         else:  # inline, one file per tensor, or more than a chunk: write the weights in chunks
-            external.save(onnx.load(str(written)), path)
+            external.save(model, path, source=written.parent)
     if size >= PROTOBUF_LIMIT:  # by path: reads only the graph. Below 2 GB the validation session that opens the
         onnx.checker.check_model(str(path))  # file next parses and checks it anyway (the checker: +1 s, +0.9 GB)
 
