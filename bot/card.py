@@ -39,7 +39,10 @@ def _artifact_row(artifact) -> dict:
     return {"feature": artifact.feature, "format": artifact.format, "format_name": _FORMAT_NAMES[artifact.format],
             "path": artifact.path, "size": human_size(artifact.size), "inputs": artifact.inputs,
             "outputs": artifact.outputs, "max_diff": f"{worst:.2g}", "atol": f"{artifact.validation.atol:g}",
-            "exporter": artifact.exporter}
+            "exporter": artifact.exporter,
+            # a TorchScript file of several graphs: each submodule's inputs and outputs
+            "submodules": [{"name": s.component, "inputs": s.inputs, "outputs": s.outputs}
+                           for s in getattr(artifact, "submodules", [])]}
 
 
 def _failure_row(failure) -> dict:
