@@ -98,3 +98,30 @@ def test_auto_tries_dynamo_first_for_large_weights(tiny, tmp_path, monkeypatch):
     result = run_export(Job(model=str(tiny("bert")), output_dir=tmp_path, options=make_options(["default"], ["onnx"])))
     assert result.ok, [f.error for f in result.failures]
     assert [a.exporter for a in result.artifacts] == ["dynamo"]
+
+
+def test_encoder_decoder_torchscript_is_one_file_storing_each_shared_tensor_once(tmp_path):
+    """t5's encoder, decoder and decoder-with-past are submodules of one TorchScript file: the shared embedding (also
+    the tied LM head) and the decoder's weights, used by both decoding steps, are each stored once."""
+    from safetensors.torch import load_file
+
+    checkpoint = build_checkpoint(tmp_path / "t5", "t5", "seq2seq-lm")
+    out = tmp_path / "out"
+    result = run_export(Job(model=str(checkpoint), output_dir=out,
+                            options=make_options(["seq2seq-lm-with-past"], ["torchscript"])))
+    assert result.ok, [f.error for f in result.failures]
+    assert sorted(p.name for p in (out / "torchscript").iterdir()) == ["model.pt"]
+    with zipfile.ZipFile(out / "torchscript" / "model.pt") as archive:
+        records = [archive.read(i) for i in archive.infolist() if "data/" in i.filename]
+    weights = load_file(checkpoint / "model.safetensors")  # each tensor once, the tied head not at all
+    digest = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
+    stored = sorted(digest(r) for r in records if len(r) >= 256)  # matrices, not norms or traced constants
+    assert stored == sorted(digest(t.numpy().tobytes()) for t in weights.values() if t.nbytes >= 256)
+    assert stored.count(digest(weights["shared.weight"].numpy().tobytes())) == 1
+    assert sum(map(len, records)) < sum(t.nbytes for t in weights.values()) * 1.01  # three files: 2.6x (t5-small)
+
+    module = torch.jit.load(str(out / "torchscript" / "model.pt"))
+    children = dict(module.named_children())
+    assert list(children) == ["encoder_model", "decoder_model", "decoder_with_past_model"]
+    assert children["decoder_model"].model.shared.weight.data_ptr() == \
+        children["decoder_with_past_model"].model.shared.weight.data_ptr()  # one tensor once loaded, too
