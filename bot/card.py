@@ -72,7 +72,8 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
     ranked = sorted(result.artifacts, key=lambda a: (a.feature != result.primary, a.feature, order[a.format], a.path))
     artifacts = [_artifact_row(a) for a in ranked]
     usage = usage_context(result, repo_id, has_tokenizer)
-    shapes = sorted({shape for a in result.artifacts for shape in a.validation.to_dict()["shapes_tried"]})
+    shapes = sorted({shape for a in result.artifacts for graph in getattr(a, "submodules", []) or [a]
+                     for shape in graph.validation.to_dict()["shapes_tried"]})
     variant_data = {"variants": _variant_rows(result, variants), "refused": _refused_rows(result)}
     return {
         "repo_id": repo_id, "revision": result.revision, "artifacts": artifacts,
