@@ -122,10 +122,10 @@ def test_files_that_only_work_together_are_withheld_together():
     seq2seq = [artifact("onnx/encoder_model.onnx", "seq2seq-lm"), artifact("onnx/decoder_model_merged.onnx",
                                                                              "seq2seq-lm")]
     big = artifact("onnx/model_default.onnx", "default", extra=("onnx/model_default.onnx_data",))
-    ts = artifact("torchscript/encoder_model.pt", "seq2seq-lm", fmt="torchscript")
+    ts = artifact("torchscript/model.pt", "seq2seq-lm", fmt="torchscript")
     maintainer = {"onnx/decoder_model_merged.onnx": "theirs", "onnx/model_default.onnx_data": "theirs"}
     plan = plan_files([*seq2seq, big, ts], maintainer, set(), maintainer, set())
-    assert [a.path for a in plan.artifacts] == ["torchscript/encoder_model.pt"]
+    assert [a.path for a in plan.artifacts] == ["torchscript/model.pt"]
     reasons = {w["path"]: w["reason"] for w in plan.withheld}
     assert reasons["onnx/decoder_model_merged.onnx"].startswith("`onnx/decoder_model_merged.onnx` is already")
     assert reasons["onnx/encoder_model.onnx"].startswith("left out with `onnx/decoder_model_merged.onnx`")
