@@ -125,3 +125,14 @@ def test_encoder_decoder_torchscript_is_one_file_storing_each_shared_tensor_once
     assert list(children) == ["encoder_model", "decoder_model", "decoder_with_past_model"]
     assert children["decoder_model"].model.shared.weight.data_ptr() == \
         children["decoder_with_past_model"].model.shared.weight.data_ptr()  # one tensor once loaded, too
+
+    # the card shows one file and each submodule's contract; the PR's total counts its bytes once
+    from bot.card import context, render_card_section, render_pr_description
+    from bot.render import human_size
+
+    ctx = context(result, "acme/tiny-t5")
+    card = render_card_section(ctx)
+    assert card.count("`torchscript/model.pt`") == 1
+    assert "`encoder_model`: input_ids, attention_mask → last_hidden_state; `decoder_model`: " in card
+    size = (out / "torchscript" / "model.pt").stat().st_size
+    assert f"In all, **{human_size(size)}** of exports" in render_pr_description(ctx)
