@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -210,6 +211,7 @@ class _Written:
     exporter: str
     seconds: float
     submodule: str | None = None  # the graph's submodule in a TorchScript file of several graphs
+    hashed: bool = True  # False for a file's second graph on: its artifact takes the first graph's digests
 
 
 def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path, result: ExportResult,
@@ -268,7 +270,7 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
             if artifacts is None:
                 continue
         if fmt == "torchscript" and len(artifacts) > 1:
-            artifacts = [_bundle(artifacts, staging)]
+            artifacts = [_bundle(artifacts)]
         if decoding is not None and not _check_generation(decoding, feature, fmt, artifacts, staging, say,
                                                           runners or {}):
             _withdraw(artifacts, result, "greedy decoding with the artifacts differs from generate()")
@@ -338,16 +340,17 @@ def _write_torchscript(graphs: list[Graph], feature: str, staging: Path, result:
         return []
     seconds = (time.perf_counter() - step) / len(graphs)
     bundled = len(graphs) > 1
-    return [_Written(graph, "torchscript", relative, exporter, seconds, graph.name if bundled else None)
-            for graph in graphs]
+    return [_Written(graph, "torchscript", relative, exporter, seconds, graph.name if bundled else None, hashed=not i)
+            for i, graph in enumerate(graphs)]
 
 
-def _bundle(parts: list[Artifact], staging: Path) -> Artifact:
-    """The validated graphs of one TorchScript file as one artifact, with each graph as a submodule."""
+def _bundle(parts: list[Artifact]) -> Artifact:
+    """The validated graphs of one TorchScript file as one artifact, with each graph as a submodule (the file's
+    digests were taken while its first graph was validated)."""
     first = parts[0]
     return Artifact(
         path=first.path, format="torchscript", feature=first.feature, component=layout.MODEL, inputs=[], outputs=[],
-        dynamic_axes={}, opset=None, exporter=first.exporter, files={first.path: _file_digest(staging / first.path)},
+        dynamic_axes={}, opset=None, exporter=first.exporter, files=first.files,
         validation=combined_report({p.component: p.validation for p in parts}),
         seconds=sum(p.seconds for p in parts), random_head=first.random_head, submodules=parts)
 
@@ -393,6 +396,7 @@ def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[Va
     say(f"    {feature}/{layout.MERGED_DECODER} -> onnx: merging the two decoders")
     try:
         merge_decoders(staging / first.path, staging / cached.path, staging / relative)
+        digests = _digests(staging, artifact_files(staging / relative))
         runner = onnx_runner(staging / relative)
     except Exception as exc:  # a merge failure withdraws the pair: clients cannot use split decoders alone
         raise_if_disk_full(exc, staging)
@@ -417,7 +421,7 @@ def _merge_decoders(artifacts: list[Artifact], cases_by_graph: dict[str, list[Va
         path=relative, format="onnx", feature=feature, component=layout.MERGED_DECODER, inputs=inputs,
         outputs=first.outputs, dynamic_axes={**axes, **{o: first.dynamic_axes.get(o, {}) for o in first.outputs}},
         opset=first.opset, exporter=first.exporter,
-        files={f.relative_to(staging).as_posix(): _file_digest(f) for f in artifact_files(staging / relative)},
+        files=digests.result(),
         validation=report, seconds=first.seconds + cached.seconds + time.perf_counter() - step,
         random_head=first.random_head,
         input_dims={**first.input_dims, **cached.input_dims, layout.USE_CACHE_BRANCH: (1,)})
@@ -477,6 +481,7 @@ def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[
     step = time.perf_counter()
     label = _label(feature, graph.name)
     say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
+    digests = _digests(staging, artifact_files(path) if fmt == "onnx" else [path] if item.hashed else [])
     try:
         runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, graph.output_names, item.submodule)
     except Exception as exc:  # a file its runtime cannot load is a failed artifact
@@ -495,12 +500,10 @@ def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[
     if not report.passed:
         result.failures.append(Failure(feature, fmt, "validation failed", report, component=graph.name))
         return None
-    files = artifact_files(path) if fmt == "onnx" else [path] if item.submodule is None else []  # a bundle: once
     return Artifact(
         path=item.relative, format=fmt, feature=feature, component=graph.name,
         inputs=[i.name for i in graph.inputs], outputs=graph.output_names, dynamic_axes=axes,
-        opset=options.opset if fmt == "onnx" else None, exporter=item.exporter,
-        files={f.relative_to(staging).as_posix(): _file_digest(f) for f in files},
+        opset=options.opset if fmt == "onnx" else None, exporter=item.exporter, files=digests.result(),
         validation=report, seconds=seconds, random_head=random_head,
         input_dims={i.name: i.dims for i in graph.inputs})
 
@@ -522,6 +525,15 @@ def _dynamic_axes(graph: Graph, cases) -> dict[str, dict[int, str]]:
                 found[dim] = axis
         axes[name] = found
     return axes
+
+
+_HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+
+
+def _digests(staging: Path, files: list[Path]) -> Future:
+    """{path relative to staging: digest} of an artifact's files, computed on a worker thread while the artifact is
+    validated: hashlib and onnxruntime both release the GIL, so the hashing costs no wall time (gpt2: 0.3 s)."""
+    return _HASHING.submit(lambda: {f.relative_to(staging).as_posix(): _file_digest(f) for f in files})
 
 
 def _file_digest(path: Path) -> dict:
