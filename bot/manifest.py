@@ -217,6 +217,7 @@ def lost_artifacts(previous: dict | None, source_files: dict[str, str], result) 
     """
     if previous is None or not result.failures or previous["source"].get("files") != source_files:
         return []
-    now = {(a.feature, a.format, a.component) for a in result.artifacts}
+    now = {(a.feature, a.format, graph.component) for a in result.artifacts  # a TorchScript file's graphs count
+           for graph in [a, *getattr(a, "submodules", [])]}  # as its submodules (earlier: one file each)
     return sorted(a.get("path", "?") for a in previous["artifacts"] if isinstance(a, dict)
                   and (a.get("feature"), a.get("format"), a.get("component")) not in now)

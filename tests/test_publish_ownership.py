@@ -141,3 +141,22 @@ def test_a_file_is_owned_only_with_the_hash_the_manifest_lists():
     assert owned_paths(manifest, present) == {"onnx/model.onnx", MANIFEST_NAME}
     assert owned_paths(None, present) == set()
     assert read_manifest('{"made by": "another tool"}') is None and read_manifest("not json") is None
+
+
+def test_an_encoder_decoders_one_torchscript_file_replaces_its_split_files_without_loss():
+    """An earlier export's three TorchScript files are the submodules of the one file now: not lost, so a partial
+    export that still has them (another feature failed) may replace it; a missing submodule is lost."""
+    from bot.manifest import lost_artifacts
+
+    earlier = {"source": {"files": {"model.safetensors": "s"}}, "artifacts": [
+        {"feature": "seq2seq-lm", "format": "torchscript", "component": c, "path": f"torchscript/{c}.pt"}
+        for c in ("encoder_model", "decoder_model")]}
+
+    def result(*submodules):
+        bundle = SimpleNamespace(feature="seq2seq-lm", format="torchscript", component="model",
+                                 submodules=[SimpleNamespace(component=c) for c in submodules])
+        return SimpleNamespace(artifacts=[bundle], failures=["default: validation failed"])
+
+    assert lost_artifacts(earlier, {"model.safetensors": "s"}, result("encoder_model", "decoder_model")) == []
+    assert lost_artifacts(earlier, {"model.safetensors": "s"}, result("encoder_model")) == \
+        ["torchscript/decoder_model.pt"]
