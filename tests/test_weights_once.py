@@ -25,6 +25,10 @@ def _digests(array: np.ndarray) -> set[str]:
     return {hashlib.sha256(np.ascontiguousarray(v).tobytes() + str(v.shape).encode()).hexdigest() for v in views}
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _duplicates(path) -> list[str]:
     seen: dict[str, str] = {}
     duplicates = []
@@ -114,10 +118,9 @@ def test_encoder_decoder_torchscript_is_one_file_storing_each_shared_tensor_once
     with zipfile.ZipFile(out / "torchscript" / "model.pt") as archive:
         records = [archive.read(i) for i in archive.infolist() if "data/" in i.filename]
     weights = load_file(checkpoint / "model.safetensors")  # each tensor once, the tied head not at all
-    digest = lambda data: hashlib.sha256(data).hexdigest()  # noqa: E731
-    stored = sorted(digest(r) for r in records if len(r) >= 256)  # matrices, not norms or traced constants
-    assert stored == sorted(digest(t.numpy().tobytes()) for t in weights.values() if t.nbytes >= 256)
-    assert stored.count(digest(weights["shared.weight"].numpy().tobytes())) == 1
+    stored = sorted(_digest(r) for r in records if len(r) >= 256)  # matrices, not norms or traced constants
+    assert stored == sorted(_digest(t.numpy().tobytes()) for t in weights.values() if t.nbytes >= 256)
+    assert stored.count(_digest(weights["shared.weight"].numpy().tobytes())) == 1
     assert sum(map(len, records)) < sum(t.nbytes for t in weights.values()) * 1.01  # three files: 2.6x (t5-small)
 
     module = torch.jit.load(str(out / "torchscript" / "model.pt"))

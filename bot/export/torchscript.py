@@ -22,7 +22,8 @@ from bot.specs import InputSpec
 EXPORTER = "torch.jit.trace"
 
 
-def trace(wrapper: torch.nn.Module, example: dict[str, torch.Tensor], inputs: list[InputSpec]) -> torch.jit.ScriptModule:
+def trace(wrapper: torch.nn.Module, example: dict[str, torch.Tensor],
+          inputs: list[InputSpec]) -> torch.jit.ScriptModule:
     args = tuple(example[spec.name] for spec in inputs)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -47,4 +48,3 @@ def save(parts: dict[str, torch.jit.ScriptModule], path: Path) -> str:
     with path.open("wb") as handle:  # written by Python: a full disk is an OSError, not an abort in C++
         torch.jit.save(module, handle)
     return EXPORTER
-
