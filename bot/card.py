@@ -39,7 +39,10 @@ def _artifact_row(artifact) -> dict:
     return {"feature": artifact.feature, "format": artifact.format, "format_name": _FORMAT_NAMES[artifact.format],
             "path": artifact.path, "size": human_size(artifact.size), "inputs": artifact.inputs,
             "outputs": artifact.outputs, "max_diff": f"{worst:.2g}", "atol": f"{artifact.validation.atol:g}",
-            "exporter": artifact.exporter}
+            "exporter": artifact.exporter,
+            # a TorchScript file of several graphs: each submodule's inputs and outputs
+            "submodules": [{"name": s.component, "inputs": s.inputs, "outputs": s.outputs}
+                           for s in getattr(artifact, "submodules", [])]}
 
 
 def _failure_row(failure) -> dict:
@@ -69,7 +72,8 @@ def context(result, repo_id: str, *, source_url: str | None = None, trigger: str
     ranked = sorted(result.artifacts, key=lambda a: (a.feature != result.primary, a.feature, order[a.format], a.path))
     artifacts = [_artifact_row(a) for a in ranked]
     usage = usage_context(result, repo_id, has_tokenizer)
-    shapes = sorted({shape for a in result.artifacts for shape in a.validation.to_dict()["shapes_tried"]})
+    shapes = sorted({shape for a in result.artifacts for graph in getattr(a, "submodules", []) or [a]
+                     for shape in graph.validation.to_dict()["shapes_tried"]})
     variant_data = {"variants": _variant_rows(result, variants), "refused": _refused_rows(result)}
     return {
         "repo_id": repo_id, "revision": result.revision, "artifacts": artifacts,

@@ -65,14 +65,13 @@ def build_manifest(result, options) -> dict:
 
 
 def _artifact_record(a) -> dict:
+    submodules = getattr(a, "submodules", [])
     return {
         "path": a.path,
         "format": a.format,
         "feature": a.feature,
         "component": a.component,
-        "inputs": a.inputs,
-        "outputs": a.outputs,
-        "dynamic_axes": {name: {str(i): axis for i, axis in axes.items()} for name, axes in a.dynamic_axes.items()},
+        **_contract(a),
         "opset": a.opset,
         "exporter": a.exporter,
         "sha256": a.files[a.path]["sha256"],
@@ -80,7 +79,15 @@ def _artifact_record(a) -> dict:
         "files": a.files,
         "random_head": a.random_head,
         "validation": a.validation.to_dict(),
+        # a TorchScript file of several graphs: `module.<name>(*inputs)` per graph, each with its own checks
+        **({"submodules": [{"name": s.component, **_contract(s), "validation": s.validation.to_dict()}
+                           for s in submodules]} if submodules else {}),
     }
+
+
+def _contract(a) -> dict:
+    return {"inputs": a.inputs, "outputs": a.outputs,
+            "dynamic_axes": {name: {str(i): axis for i, axis in axes.items()} for name, axes in a.dynamic_axes.items()}}
 
 
 def _dtype(artifact) -> str:
@@ -210,6 +217,7 @@ def lost_artifacts(previous: dict | None, source_files: dict[str, str], result) 
     """
     if previous is None or not result.failures or previous["source"].get("files") != source_files:
         return []
-    now = {(a.feature, a.format, a.component) for a in result.artifacts}
+    now = {(a.feature, a.format, graph.component) for a in result.artifacts  # a TorchScript file's graphs count
+           for graph in [a, *getattr(a, "submodules", [])]}  # as its submodules (earlier: one file each)
     return sorted(a.get("path", "?") for a in previous["artifacts"] if isinstance(a, dict)
                   and (a.get("feature"), a.get("format"), a.get("component")) not in now)

@@ -27,7 +27,7 @@ from bot.errors import BotError, UsageError
 from bot import layout
 from bot.export.merge import merge_decoders
 from bot.export.onnx import artifact_files, export_onnx, move_onnx, weight_bytes
-from bot.export.torchscript import export_torchscript
+from bot.export import torchscript
 from bot.generation import GENERATION_FEATURES, GenerationReference, check_generation, generation_reference
 from bot.job import Job
 from bot.manifest import MANIFEST_NAME, write_manifest
@@ -36,7 +36,8 @@ from bot.progress import advance, steps
 from bot.specs import Graph, spec_for
 from bot.usage import sentence_transformers_pooling
 from bot.validate import (DEFAULT_RTOL, LEAN_SESSION_BYTES, Runner, ValidationCase, ValidationReport,
-                          named_caller, onnx_runner, reference_cases, torchscript_runner, validate)
+                          combined_report, load_torchscript, named_caller, onnx_runner, reference_cases,
+                          torchscript_runner, validate)
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ class Artifact:
     path: str  # relative to the output directory, posix
     format: str
     feature: str
-    component: str  # the graph: "model", or "encoder_model" / "decoder_model_merged" (ONNX) / "decoder_model" and
-    # "decoder_with_past_model" (TorchScript); names in bot.layout
+    component: str  # the graph: "model", or "encoder_model" / "decoder_model_merged" (ONNX); names in bot.layout
     inputs: list[str]
     outputs: list[str]
     dynamic_axes: dict[str, dict[int, str]]
@@ -63,6 +63,9 @@ class Artifact:
     random_head: bool = False
     input_dims: dict[str, tuple] = field(default_factory=dict)  # input -> dims (axis names or fixed sizes)
     dtype: str = layout.FP32  # an ONNX dtype variant (bot.export.variants) has its quality gate in `validation`
+    # A TorchScript file of several graphs (component "model", no inputs or outputs of its own): its submodules, one
+    # per graph ("encoder_model", "decoder_model", "decoder_with_past_model"), each with its contract and report.
+    submodules: list[Artifact] = field(default_factory=list)
 
     @property
     def size(self) -> int:
@@ -207,6 +210,8 @@ class _Written:
     relative: str
     exporter: str
     seconds: float
+    submodule: str | None = None  # the graph's submodule in a TorchScript file of several graphs
+    hashed: bool = True  # False for a file's second graph on: its artifact takes the first graph's digests
 
 
 def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path, result: ExportResult,
@@ -263,6 +268,8 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
             artifacts = _merge_decoders(artifacts, cases_by_graph, feature, tolerance, staging, result, say, runners)
             if artifacts is None:
                 continue
+        if fmt == "torchscript" and len(artifacts) > 1:
+            artifacts = [_bundle(artifacts)]
         if decoding is not None and not _check_generation(decoding, feature, fmt, artifacts, staging, say,
                                                           runners or {}):
             _withdraw(artifacts, result, "greedy decoding with the artifacts differs from generate()")
@@ -297,23 +304,20 @@ def _write_graphs(graphs: list[Graph], checkpoint, feature: str, loaded, spec, t
         reloaded, _ = ckpt.load_model(checkpoint, feature, attn_implementation=attention, **loaded.load_kwargs)
         return {g.name: g for g in spec.graphs(reloaded, feature, tokenizer)}[name].wrapper.eval()
 
-    written = []
+    # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
+    written = _write_torchscript(graphs, feature, staging, result, say) if "torchscript" in options.formats else []
     for graph in graphs:
-        # TorchScript first: a TorchScript-based ONNX export leaves tracing state behind that spoils a later trace.
-        for fmt in sorted(options.formats, key=lambda f: f != "torchscript"):
+        for fmt in [f for f in options.formats if f != "torchscript"]:
             relative = f"{fmt}/{feature}/{graph.name}{layout.SUFFIXES[fmt]}"
             path = staging / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             step = time.perf_counter()
             say(f"    {_label(feature, graph.name)} -> {fmt}: exporting")
             try:
-                if fmt == "onnx":
-                    axes = axes_by_graph[graph.name]
-                    exporter = export_onnx(lambda attention, name=graph.name: wrapper_for(attention, name),
-                                           graph.example, graph.inputs, graph.output_names, path, options.opset,
-                                           options.exporter, output_axes={n: axes[n] for n in graph.output_names})
-                else:
-                    exporter = export_torchscript(graph.wrapper.eval(), graph.example, graph.inputs, path)
+                axes = axes_by_graph[graph.name]
+                exporter = export_onnx(lambda attention, name=graph.name: wrapper_for(attention, name),
+                                       graph.example, graph.inputs, graph.output_names, path, options.opset,
+                                       options.exporter, output_axes={n: axes[n] for n in graph.output_names})
             except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
                 raise_if_disk_full(exc, staging)
                 message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
@@ -321,6 +325,42 @@ def _write_graphs(graphs: list[Graph], checkpoint, feature: str, loaded, spec, t
                 continue
             written.append(_Written(graph, fmt, relative, exporter, time.perf_counter() - step))
     return written
+
+
+def _write_torchscript(graphs: list[Graph], feature: str, staging: Path, result: ExportResult,
+                       say: Progress) -> list[_Written]:
+    """The feature's TorchScript file: its one graph traced, or its graphs traced as the submodules of one file
+    (bot.export.torchscript), so the weights they share are stored once; a failure is recorded, not raised."""
+    relative = f"torchscript/{feature}/{layout.MODEL}{layout.SUFFIXES['torchscript']}"
+    step = time.perf_counter()
+    traced, component = {}, layout.MODEL
+    try:
+        for graph in graphs:
+            component = graph.name
+            say(f"    {_label(feature, graph.name)} -> torchscript: exporting")
+            traced[graph.name] = torchscript.trace(graph.wrapper.eval(), graph.example, graph.inputs)
+        component = layout.MODEL
+        exporter = torchscript.save(traced, staging / relative)
+    except Exception as exc:  # an exporter crash is a failed artifact, reported, not a crashed run
+        raise_if_disk_full(exc, staging)
+        message = str(exc) if isinstance(exc, BotError) else f"{type(exc).__name__}: {str(exc)[:500]}"
+        result.failures.append(Failure(feature, "torchscript", message, component=component))
+        return []
+    seconds = (time.perf_counter() - step) / len(graphs)
+    bundled = len(graphs) > 1
+    return [_Written(graph, "torchscript", relative, exporter, seconds, graph.name if bundled else None, hashed=not i)
+            for i, graph in enumerate(graphs)]
+
+
+def _bundle(parts: list[Artifact]) -> Artifact:
+    """The validated graphs of one TorchScript file as one artifact, with each graph as a submodule (the file's
+    digests were taken while its first graph was validated)."""
+    first = parts[0]
+    return Artifact(
+        path=first.path, format="torchscript", feature=first.feature, component=layout.MODEL, inputs=[], outputs=[],
+        dynamic_axes={}, opset=None, exporter=first.exporter, files=first.files,
+        validation=combined_report({p.component: p.validation for p in parts}),
+        seconds=sum(p.seconds for p in parts), random_head=first.random_head, submodules=parts)
 
 
 def _label(feature: str, graph_name: str) -> str:
@@ -424,10 +464,13 @@ def _check_generation(decoding: GenerationReference, feature: str, fmt: str, art
                       staging: Path, say: Progress, runners: dict[str, Runner]) -> bool:
     """Decode a padded batch with the feature's validated graphs of one format; the check goes to each report."""
     say(f"    {feature} -> {fmt}: greedy decoding of a padded batch with the artifacts vs generate()")
-    callers = {a.component: named_caller(fmt, staging / a.path, a.inputs, a.outputs, runners.pop(a.path, None))
-               for a in artifacts}
-    graph_inputs = {a.component: a.input_dims for a in artifacts}
-    type_ids = {a.component: [n for n in a.inputs if n.endswith("token_type_ids")] for a in artifacts}
+    bundles = {a.path: load_torchscript(staging / a.path) for a in artifacts if a.submodules}  # loaded once
+    graphs = [(p, torchscript_runner(staging / p.path, p.outputs, p.component, bundles[a.path]))
+              for a in artifacts for p in a.submodules]
+    graphs += [(a, runners.pop(a.path, None)) for a in artifacts if not a.submodules]
+    callers = {g.component: named_caller(fmt, staging / g.path, g.inputs, g.outputs, runner) for g, runner in graphs}
+    graph_inputs = {g.component: g.input_dims for g, _ in graphs}
+    type_ids = {g.component: [n for n in g.inputs if n.endswith("token_type_ids")] for g, _ in graphs}
 
     def call(component, named):  # a decoding loop feeds ids, mask and past; token types are all 0 there
         zeros = {name: np.zeros_like(named["input_ids"]) for name in type_ids[component]}
@@ -446,9 +489,9 @@ def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[
     step = time.perf_counter()
     label = _label(feature, graph.name)
     say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
-    digests = _digests(staging, artifact_files(path) if fmt == "onnx" else [path])
+    digests = _digests(staging, artifact_files(path) if fmt == "onnx" else [path] if item.hashed else [])
     try:
-        runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, graph.output_names)
+        runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, graph.output_names, item.submodule)
     except Exception as exc:  # a file its runtime cannot load is a failed artifact
         raise_if_disk_full(exc, staging)
         result.failures.append(Failure(feature, fmt, f"{type(exc).__name__}: {str(exc)[:500]}", component=graph.name))

@@ -90,5 +90,7 @@ def usage_context(result, repo_id: str, has_tokenizer: bool) -> dict:
         "torchscript_path": ts_model.path if ts_model is not None else None,
         "torchscript_inputs": ts_model.inputs if ts_model is not None else [],
         "torchscript_outputs": ts_model.outputs if ts_model is not None else [],
+        # one file of several graphs (an encoder-decoder): called as `module.<name>(...)`
+        "torchscript_submodules": [s.component for s in getattr(ts_model, "submodules", [])],
         "other_onnx_stems": others,
     }

@@ -64,6 +64,7 @@ class ShapeCheck:
     actual_names: list[str]
     outputs: list[OutputCheck] = field(default_factory=list)
     error: str | None = None
+    expected_names: list[str] | None = None  # when not the report's: a check of one submodule of a bundle
 
 
 @dataclass
@@ -76,7 +77,8 @@ class ValidationReport:
     rtol: float = DEFAULT_RTOL
 
     def names_ok(self, check: ShapeCheck) -> bool:
-        return check.actual_names == self.expected_names
+        expected = check.expected_names if check.expected_names is not None else self.expected_names
+        return check.actual_names == expected
 
     @property
     def passed(self) -> bool:
@@ -135,6 +137,17 @@ def reference_cases(wrapper: torch.nn.Module, named_inputs: list[tuple[str, dict
     return cases
 
 
+def combined_report(reports: dict[str, ValidationReport]) -> ValidationReport:
+    """One report for a file of several submodules (a TorchScript bundle), each validated on its own graph's cases:
+    every check, its shape prefixed with the submodule's name; worst differences per output over all of them."""
+    first = next(iter(reports.values()))
+    names = list(dict.fromkeys(name for report in reports.values() for name in report.expected_names))
+    checks = [ShapeCheck(f"{component}: {check.shape}", check.actual_names, check.outputs, check.error,
+                         check.expected_names if check.expected_names is not None else report.expected_names)
+              for component, report in reports.items() for check in report.checks]
+    return ValidationReport(first.format, first.atol, names, checks, rtol=first.rtol)
+
+
 Runner = Callable[[dict[str, torch.Tensor]], tuple[list[str], list[np.ndarray]]]
 
 
@@ -177,11 +190,17 @@ def onnx_runner(path: Path) -> Runner:
     return run
 
 
-def torchscript_runner(path: Path, output_names: list[str]) -> Runner:
+def load_torchscript(path: Path) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        module = torch.jit.load(str(path))
-    module.eval()
+        return torch.jit.load(str(path)).eval()
+
+
+def torchscript_runner(path: Path, output_names: list[str], submodule: str | None = None,
+                       loaded: torch.jit.ScriptModule | None = None) -> Runner:
+    """The file's module, or its `submodule` (a graph of a bundle); `loaded` is the file already loaded."""
+    module = loaded if loaded is not None else load_torchscript(path)
+    module = getattr(module, submodule) if submodule else module
 
     def run(inputs):
         with torch.no_grad():
@@ -194,7 +213,7 @@ def torchscript_runner(path: Path, output_names: list[str]) -> Runner:
 
 def named_caller(fmt: str, path: Path, input_names: list[str], output_names: list[str], runner: Runner | None = None):
     """A component as a function of named numpy inputs to named numpy outputs (for decoding loops); `runner`, when
-    given, is the one validation used (no second session of the same file)."""
+    given, is the one validation used (no second session of the same file) or a bundle's submodule."""
     runner = runner or (onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, output_names))
 
     def call(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

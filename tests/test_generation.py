@@ -22,13 +22,16 @@ def lively(tmp_path_factory):
             for key in [("gpt2", "causal-lm"), ("t5", "seq2seq-lm"), ("bart", "seq2seq-lm")]}
 
 
+_BUNDLE = ("model", ("encoder_model", "decoder_model", "decoder_with_past_model"))  # one file, a submodule per graph
+
+
 @pytest.mark.parametrize("model_type, feature, components", [
-    ("gpt2", "causal-lm-with-past", {"onnx": {"model"}, "torchscript": {"model"}}),
-    ("gpt2", "causal-lm", {"onnx": {"model"}, "torchscript": {"model"}}),
-    ("t5", "seq2seq-lm-with-past", {"onnx": {"encoder_model", "decoder_model_merged"},
-                                    "torchscript": {"encoder_model", "decoder_model", "decoder_with_past_model"}}),
-    ("bart", "seq2seq-lm-with-past", {"onnx": {"encoder_model", "decoder_model_merged"},
-                                      "torchscript": {"encoder_model", "decoder_model", "decoder_with_past_model"}}),
+    ("gpt2", "causal-lm-with-past", {"onnx": {("model", ())}, "torchscript": {("model", ())}}),
+    ("gpt2", "causal-lm", {"onnx": {("model", ())}, "torchscript": {("model", ())}}),
+    ("t5", "seq2seq-lm-with-past", {"onnx": {("encoder_model", ()), ("decoder_model_merged", ())},
+                                    "torchscript": {_BUNDLE}}),
+    ("bart", "seq2seq-lm-with-past", {"onnx": {("encoder_model", ()), ("decoder_model_merged", ())},
+                                      "torchscript": {_BUNDLE}}),
 ])
 def test_greedy_decoding_of_a_padded_batch_with_the_artifacts_matches_generate(lively, tmp_path, model_type,
                                                                                 feature, components):
@@ -37,7 +40,9 @@ def test_greedy_decoding_of_a_padded_batch_with_the_artifacts_matches_generate(l
     assert result.ok, [(f.component, f.format, f.error) for f in result.failures]
     manifest = json.loads((tmp_path / "export_manifest.json").read_text())
     for fmt, expected in components.items():
-        assert {a["component"] for a in manifest["artifacts"] if a["format"] == fmt} == expected
+        assert {(a["component"], tuple(s["name"] for s in a.get("submodules", [])))
+                for a in manifest["artifacts"] if a["format"] == fmt} == expected
+    assert [a["path"] for a in manifest["artifacts"] if a["format"] == "torchscript"] == ["torchscript/model.pt"]
     for artifact in manifest["artifacts"]:
         generation = artifact["validation"]["generation"]
         assert generation["passed"] and generation["actual"] == generation["expected"]

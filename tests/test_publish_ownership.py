@@ -122,10 +122,10 @@ def test_files_that_only_work_together_are_withheld_together():
     seq2seq = [artifact("onnx/encoder_model.onnx", "seq2seq-lm"), artifact("onnx/decoder_model_merged.onnx",
                                                                              "seq2seq-lm")]
     big = artifact("onnx/model_default.onnx", "default", extra=("onnx/model_default.onnx_data",))
-    ts = artifact("torchscript/encoder_model.pt", "seq2seq-lm", fmt="torchscript")
+    ts = artifact("torchscript/model.pt", "seq2seq-lm", fmt="torchscript")
     maintainer = {"onnx/decoder_model_merged.onnx": "theirs", "onnx/model_default.onnx_data": "theirs"}
     plan = plan_files([*seq2seq, big, ts], maintainer, set(), maintainer, set())
-    assert [a.path for a in plan.artifacts] == ["torchscript/encoder_model.pt"]
+    assert [a.path for a in plan.artifacts] == ["torchscript/model.pt"]
     reasons = {w["path"]: w["reason"] for w in plan.withheld}
     assert reasons["onnx/decoder_model_merged.onnx"].startswith("`onnx/decoder_model_merged.onnx` is already")
     assert reasons["onnx/encoder_model.onnx"].startswith("left out with `onnx/decoder_model_merged.onnx`")
@@ -141,3 +141,22 @@ def test_a_file_is_owned_only_with_the_hash_the_manifest_lists():
     assert owned_paths(manifest, present) == {"onnx/model.onnx", MANIFEST_NAME}
     assert owned_paths(None, present) == set()
     assert read_manifest('{"made by": "another tool"}') is None and read_manifest("not json") is None
+
+
+def test_an_encoder_decoders_one_torchscript_file_replaces_its_split_files_without_loss():
+    """An earlier export's three TorchScript files are the submodules of the one file now: not lost, so a partial
+    export that still has them (another feature failed) may replace it; a missing submodule is lost."""
+    from bot.manifest import lost_artifacts
+
+    earlier = {"source": {"files": {"model.safetensors": "s"}}, "artifacts": [
+        {"feature": "seq2seq-lm", "format": "torchscript", "component": c, "path": f"torchscript/{c}.pt"}
+        for c in ("encoder_model", "decoder_model")]}
+
+    def result(*submodules):
+        bundle = SimpleNamespace(feature="seq2seq-lm", format="torchscript", component="model",
+                                 submodules=[SimpleNamespace(component=c) for c in submodules])
+        return SimpleNamespace(artifacts=[bundle], failures=["default: validation failed"])
+
+    assert lost_artifacts(earlier, {"model.safetensors": "s"}, result("encoder_model", "decoder_model")) == []
+    assert lost_artifacts(earlier, {"model.safetensors": "s"}, result("encoder_model")) == \
+        ["torchscript/decoder_model.pt"]

@@ -25,6 +25,10 @@ def _digests(array: np.ndarray) -> set[str]:
     return {hashlib.sha256(np.ascontiguousarray(v).tobytes() + str(v.shape).encode()).hexdigest() for v in views}
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _duplicates(path) -> list[str]:
     seen: dict[str, str] = {}
     duplicates = []
@@ -98,3 +102,40 @@ def test_auto_tries_dynamo_first_for_large_weights(tiny, tmp_path, monkeypatch):
     result = run_export(Job(model=str(tiny("bert")), output_dir=tmp_path, options=make_options(["default"], ["onnx"])))
     assert result.ok, [f.error for f in result.failures]
     assert [a.exporter for a in result.artifacts] == ["dynamo"]
+
+
+def test_encoder_decoder_torchscript_is_one_file_storing_each_shared_tensor_once(tmp_path):
+    """t5's encoder, decoder and decoder-with-past are submodules of one TorchScript file: the shared embedding (also
+    the tied LM head) and the decoder's weights, used by both decoding steps, are each stored once."""
+    from safetensors.torch import load_file
+
+    checkpoint = build_checkpoint(tmp_path / "t5", "t5", "seq2seq-lm")
+    out = tmp_path / "out"
+    result = run_export(Job(model=str(checkpoint), output_dir=out,
+                            options=make_options(["seq2seq-lm-with-past"], ["torchscript"])))
+    assert result.ok, [f.error for f in result.failures]
+    assert sorted(p.name for p in (out / "torchscript").iterdir()) == ["model.pt"]
+    with zipfile.ZipFile(out / "torchscript" / "model.pt") as archive:
+        records = [archive.read(i) for i in archive.infolist() if "data/" in i.filename]
+    weights = load_file(checkpoint / "model.safetensors")  # each tensor once, the tied head not at all
+    stored = sorted(_digest(r) for r in records if len(r) >= 256)  # matrices, not norms or traced constants
+    assert stored == sorted(_digest(t.numpy().tobytes()) for t in weights.values() if t.nbytes >= 256)
+    assert stored.count(_digest(weights["shared.weight"].numpy().tobytes())) == 1
+    assert sum(map(len, records)) < sum(t.nbytes for t in weights.values()) * 1.01  # three files: 2.6x (t5-small)
+
+    module = torch.jit.load(str(out / "torchscript" / "model.pt"))
+    children = dict(module.named_children())
+    assert list(children) == ["encoder_model", "decoder_model", "decoder_with_past_model"]
+    assert children["decoder_model"].model.shared.weight.data_ptr() == \
+        children["decoder_with_past_model"].model.shared.weight.data_ptr()  # one tensor once loaded, too
+
+    # the card shows one file and each submodule's contract; the PR's total counts its bytes once
+    from bot.card import context, render_card_section, render_pr_description
+    from bot.render import human_size
+
+    ctx = context(result, "acme/tiny-t5")
+    card = render_card_section(ctx)
+    assert card.count("`torchscript/model.pt`") == 1
+    assert "`encoder_model`: input_ids, attention_mask → last_hidden_state; `decoder_model`: " in card
+    size = (out / "torchscript" / "model.pt").stat().st_size
+    assert f"In all, **{human_size(size)}** of exports" in render_pr_description(ctx)
