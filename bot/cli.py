@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bot import __version__
 from bot.errors import BotError, UsageError
+from bot.progress import Terminated, terminate
 from bot.jobs_cli import JOBS_COMMANDS, add_jobs_parsers
 from bot.server.serve import add_serve_parser, run_server
 
@@ -150,14 +151,6 @@ class _GlobalSubparsers:
         return self.action.add_parser(name, **kwargs)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a CI runner cancelling, a service stopping) unwinds like Ctrl-C: staging folders are removed."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def main(argv: list[str] | None = None) -> int:
     """The command line; `argv` None means this process's own arguments (the console script, `python -m bot`)."""
     try:
@@ -174,7 +167,7 @@ def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, terminate)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

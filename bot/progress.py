@@ -9,8 +9,24 @@ that also has `steps(total)` and `advance()` gets the step count, which is what 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a CI runner cancelling, a service stopping) unwinds like Ctrl-C: staging folders are removed."""
+
+
+STOP = threading.Event()  # set by bot.cli's SIGTERM handler
+
+
+def terminate(signum=None, frame=None) -> None:
+    """The SIGTERM handler. Python raises a handler's exception wherever the main thread is, and when that is a
+    finalizer (`__del__`, run by the garbage collector) the exception is printed and ignored: so the request is
+    also recorded, and the next progress message raises it again."""
+    STOP.set()
+    raise Terminated()
 
 
 class Reporter:
@@ -24,6 +40,8 @@ class Reporter:
         self.bar = None
 
     def __call__(self, message: str) -> None:
+        if STOP.is_set():
+            raise Terminated()
         if self.bar is not None:
             self.bar.set_postfix_str(" ".join(message.split()), refresh=True)
         else:

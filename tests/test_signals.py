@@ -26,3 +26,24 @@ def test_sigterm_during_an_export_removes_staging_and_exits_143(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert stderr.strip().splitlines()[-1] == "terminated" and "Traceback" not in stderr
     assert not out.exists() or not any(out.iterdir())  # no staging folder, no artifact, no manifest
+
+
+def test_a_sigterm_swallowed_by_a_finalizer_stops_at_the_next_progress_message():
+    """Python ignores an exception raised in __del__, which is where a signal handler's exception lands when the
+    garbage collector is running: the request is kept, and the next progress message raises it again."""
+    import io
+
+    import pytest
+
+    from bot.progress import STOP, Reporter, Terminated, terminate
+
+    class Finalized:
+        def __del__(self):
+            terminate()
+
+    try:
+        Finalized()  # the handler runs inside __del__: its exception is printed and ignored
+        with pytest.raises(Terminated):
+            Reporter(stream=io.StringIO())("next step")
+    finally:
+        STOP.clear()
