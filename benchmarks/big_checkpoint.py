@@ -1,4 +1,4 @@
-"""The > 2 GB case: export a random GPT-2-style checkpoint just over 2 GiB and compare with a floor (issue 7).
+"""The > 2 GB case: export a random GPT-2-style checkpoint just over 2 GiB and compare with a floor.
 
     python benchmarks/big_checkpoint.py [--exporter auto|dynamo|torchscript] [--peer] [--keep-output] [--json PATH]
 

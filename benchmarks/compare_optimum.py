@@ -1,4 +1,4 @@
-"""hub-export-bot vs optimum-cli export onnx, side by side, on one-feature ONNX exports (issue 7).
+"""hub-export-bot vs optimum-cli export onnx, side by side, on one-feature ONNX exports.
 
     python benchmarks/compare_optimum.py [--runs N] [--cases minilm bert-base gpt2 t5-small]
                                          [--ours-exporter auto [dynamo torchscript]] [--latency-iters N]

@@ -132,7 +132,7 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
     plan = ckpt.plan_features(checkpoint, list(options.features))
     tokenizer = ckpt.load_tokenizer(checkpoint)
     result = ExportResult(checkpoint.source, checkpoint.revision, checkpoint.model_type, checkpoint.support.origin,
-                          plan.primary, job.output_dir, checkpoint.source_files, skipped=dict(plan.skipped),
+                          plan.primary, job.output_dir, {}, skipped=dict(plan.skipped),
                           pooling=sentence_transformers_pooling(checkpoint.path),
                           weights_size=_weights_size(checkpoint))
     result.timings["plan"] = time.perf_counter() - started
@@ -157,6 +157,7 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
         exported = {a.feature for a in result.artifacts}
         if result.primary in result.skipped and exported:  # a failed primary keeps its place: no stand-in
             result.primary = next(f for f in plan.features if f in exported)
+        result.source_files = checkpoint.source_files
         for artifact in result.artifacts:
             _place(artifact, staging, job.output_dir, result.primary)
         if result.artifacts:
@@ -173,7 +174,7 @@ def run_export(job: Job, progress: Progress | None = None, checkpoint: ckpt.Chec
 
 
 def _weights_size(checkpoint: ckpt.Checkpoint) -> int:
-    return sum((checkpoint.path / name).stat().st_size for name in checkpoint.source_files
+    return sum((checkpoint.path / name).stat().st_size for name in checkpoint.source_names
                if name.endswith((".safetensors", ".bin")) and (checkpoint.path / name).is_file())
 
 
