@@ -33,7 +33,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from checkpoints import CKPT  # noqa: E402
-from compare_optimum import OFFLINE, PEER_VENV, code_version, ensure_peer, machine, tool_env, versions  # noqa: E402
+from compare_optimum import (OFFLINE, PEER_VENV, code_version, ensure_ours, ensure_peer, machine, tool_env,
+                             versions)  # noqa: E402
 
 OUT = HERE / ".cache" / "out" / "gpt2-big"
 RESULTS = HERE / "results-big.json"
@@ -102,7 +103,7 @@ def export(checkpoint: Path, exporter: str) -> dict:
                    "--library-name", "transformers", str(OUT)]
         bin_dir = cli.parent
     else:
-        ours = Path(sys.executable).parent / "hub-export-bot"
+        ours = ensure_ours()
         command = [str(ours), "export", "--model", str(checkpoint), "--feature", "causal-lm", "--format", "onnx",
                    "--exporter", exporter, str(OUT)]
         bin_dir = ours.parent
@@ -248,7 +249,7 @@ def main() -> int:
     floor_s = sum(floor.get(k, 0) for k in ("read_s", "write_s", "forward_s")) or None
     result = {
         "exporter_option": args.exporter, "exporter_used": used, "code": code, "code_at_end": code_version(),
-        "machine": machine(), "versions": versions(sys.executable), "checkpoint": args.checkpoint,
+        "machine": machine(), "versions": versions(str(ensure_ours().parent / "python")), "checkpoint": args.checkpoint,
         "config": VARIANTS[args.checkpoint][1], "checkpoint_dtype": VARIANTS[args.checkpoint][2],
         "checkpoint_files": sorted(p.name for p in checkpoint.iterdir()),
         "peak_rss_over_artifact": record["peak_rss_bytes"] / artifact if artifact else None,

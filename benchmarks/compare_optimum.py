@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 from checkpoints import CACHE, build  # noqa: E402
 
 PEER_VENV = CACHE / "optimum-venv"
+OURS_VENV = CACHE / "ours-venv"
 OUT = CACHE / "out"
 LOGS = CACHE / "logs"
 RESULTS = HERE / "results.json"
@@ -69,6 +70,23 @@ def ensure_peer() -> Path:
     pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
     # torch first and pinned: a bare torch requirement would pull a multi-GB CUDA build
     subprocess.run(pip + ["torch==2.13.0", "optimum-onnx[onnxruntime]"], check=True)
+    return cli
+
+
+def ensure_ours() -> Path:
+    """Ours installed the way users install it, like the peer in a venv of its own: `scripts/install.sh` (CPU torch,
+    then the project and its runtime dependencies, no test extras). The checkout's code still runs (PYTHONPATH,
+    tool_env); the venv only provides the dependencies. The development venv would not do: its test packages
+    (scipy, pulled in by sentence-transformers) make `import transformers` 0.24 s slower, which the peer's does not."""
+    cli = OURS_VENV / "bin" / "hub-export-bot"
+    if cli.is_file():
+        return cli
+    print(f"installing ours into {OURS_VENV} (scripts/install.sh) ...", flush=True)
+    shutil.rmtree(OURS_VENV, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(OURS_VENV)], check=True)
+    env = {**os.environ, "PATH": f"{OURS_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+           "VIRTUAL_ENV": str(OURS_VENV)}
+    subprocess.run(["bash", str(HERE.parent / "scripts" / "install.sh")], check=True, env=env)
     return cli
 
 
@@ -135,7 +153,7 @@ def measure(command: list[str], env: dict, log: Path) -> dict:
 def tool_env(bin_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.update(OFFLINE)
-    if bin_dir == Path(sys.executable).parent:  # ours: this checkout's code, even if another one is installed
+    if bin_dir != PEER_VENV / "bin":  # ours: this checkout's code, even if another one is installed
         env["PYTHONPATH"] = str(HERE.parent)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     env["VIRTUAL_ENV"] = str(bin_dir.parent)
@@ -147,7 +165,7 @@ def command_for(variant: str, case: str, checkpoint: Path, out: Path, peer_cli: 
     if variant == PEER:
         return ([str(peer_cli), "export", "onnx", "--model", str(checkpoint), "--task", task,
                  "--library-name", "transformers", str(out)], tool_env(peer_cli.parent))
-    ours = Path(sys.executable).parent / "hub-export-bot"
+    ours = ensure_ours()
     exporter = variant.split("/", 1)[1]
     return ([str(ours), "export", "--model", str(checkpoint), "--feature", feature, "--format", "onnx",
              "--exporter", exporter, str(out)], tool_env(ours.parent))
@@ -157,7 +175,7 @@ def pr_bytes(case: str, checkpoint: Path, log: Path) -> dict:
     """What a PR of the primary feature adds: ours with both formats (fp32 ONNX + TorchScript), bytes per file."""
     out = OUT / case / "ours-pr"
     shutil.rmtree(out, ignore_errors=True)
-    ours = Path(sys.executable).parent / "hub-export-bot"
+    ours = ensure_ours()
     command = [str(ours), "export", "--model", str(checkpoint), "--feature", CASES[case][0], "--format", "onnx",
                "--format", "torchscript", str(out)]
     record = measure(command, tool_env(ours.parent), log)
@@ -459,7 +477,7 @@ def main() -> int:
         "command": " ".join(["python", "benchmarks/compare_optimum.py"] + sys.argv[1:]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "machine": machine(),
-        "versions": {"ours": versions(sys.executable), "peer": versions(str(PEER_VENV / "bin" / "python"))},
+        "versions": {"ours": versions(str(ensure_ours().parent / "python")), "peer": versions(str(PEER_VENV / "bin" / "python"))},
         "code": code_version(),
         "checkpoints": {},
         "cases": {},
