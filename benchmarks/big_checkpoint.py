@@ -12,7 +12,8 @@ not part of compare_optimum.py. It
 3. measures a floor in a separate process: read the checkpoint files, write as many bytes as the artifact has, and
    one forward pass at the export shape (batch 2 x 8 tokens) -- imports and model construction excluded;
    (`--peer` measures optimum-cli export onnx --task text-generation on the same checkpoint instead, for context);
-4. checks the output is onnx/model.onnx + ONE onnx/model.onnx_data, and that onnxruntime loads it and matches
+4. checks the output is onnx/model.onnx + its external-data chunks (model.onnx_data, model.onnx_data_1, ..., each at
+   most 2,000,000,000 bytes), and that onnxruntime loads it and matches
    PyTorch on one input;
 5. prints the figures and writes them to benchmarks/results-big.json.
 """
@@ -31,8 +32,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark helpers, and this checkout's bot
 from checkpoints import CKPT  # noqa: E402
+from bot.export.external import CHUNK_BYTES  # noqa: E402
+from bot.layout import external_data_name  # noqa: E402
 from compare_optimum import (OFFLINE, PEER_VENV, code_version, ensure_ours, ensure_peer, machine, tool_env,
                              versions)  # noqa: E402
 
@@ -236,7 +239,10 @@ def main() -> int:
     files = sorted(p.relative_to(OUT).as_posix() for p in OUT.rglob("*") if p.is_file())
     onnx_files = [f for f in files if f.startswith("onnx/") or (args.peer and ".onnx" in f)]
     artifact = sum((OUT / f).stat().st_size for f in onnx_files)
-    layout_ok = onnx_files == ["onnx/model.onnx", "onnx/model.onnx_data"]
+    chunks = [f for f in onnx_files if f != "onnx/model.onnx"]  # model.onnx_data, model.onnx_data_1, ...
+    layout_ok = (onnx_files[:1] == ["onnx/model.onnx"] and bool(chunks)
+                 and chunks == [f"onnx/{external_data_name('model.onnx', i)}" for i in range(len(chunks))]
+                 and all((OUT / f).stat().st_size <= CHUNK_BYTES for f in chunks))
     print(f"  rc={record['rc']} wall {record['wall_s']:.1f} s, CPU {record['cpu_s']:.1f} s, peak RSS "
           f"{record['peak_rss_bytes'] / 1e9:.2f} GB; files: {files}", flush=True)
     floor = {}
@@ -267,7 +273,7 @@ def main() -> int:
     print(f"\n--exporter {args.exporter} (used: {', '.join(used) or 'n/a'}), code {code['head']}"
           f"{' + uncommitted bot/ changes' if code['bot_dirty'] else ''}")
     print(f"checkpoint {weights / 1e9:.2f} GB -> artifact {artifact / 1e9:.2f} GB "
-          f"({'model.onnx + ONE model.onnx_data' if layout_ok else ', '.join(onnx_files) if args.peer else 'UNEXPECTED LAYOUT'})")
+          f"({f'model.onnx + {len(chunks)} external-data chunk(s)' if layout_ok else ', '.join(onnx_files) if args.peer else 'UNEXPECTED LAYOUT'})")
     print(f"peak RSS {record['peak_rss_bytes'] / 1e9:.2f} GB = {result['peak_rss_over_checkpoint']:.2f} x checkpoint, "
           f"{result['peak_rss_over_artifact'] or 0:.2f} x the exported weights (goal <= 1.2)")
     if floor_s:
