@@ -60,17 +60,23 @@ OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_T
 # the peer's venv
 
 
-def ensure_peer() -> Path:
-    cli = PEER_VENV / "bin" / "optimum-cli"
+def _venv(venv: Path, program: str, what: str, install: list[str]) -> Path:
+    """`venv/bin/program`, installing `venv` first with the command `install`, run with the venv active."""
+    cli = venv / "bin" / program
     if cli.is_file():
         return cli
-    print(f"installing the peer into {PEER_VENV} (torch==2.13.0 CPU wheel, optimum-onnx[onnxruntime]) ...", flush=True)
-    shutil.rmtree(PEER_VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
-    pip = [str(PEER_VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-    # torch first and pinned: a bare torch requirement would pull a multi-GB CUDA build
-    subprocess.run(pip + ["torch==2.13.0", "optimum-onnx[onnxruntime]"], check=True)
+    print(f"installing {what} into {venv} ...", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = {**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "VIRTUAL_ENV": str(venv)}
+    subprocess.run(install, check=True, env=env)
     return cli
+
+
+def ensure_peer() -> Path:
+    # torch first and pinned: a bare torch requirement would pull a multi-GB CUDA build
+    return _venv(PEER_VENV, "optimum-cli", "the peer (torch==2.13.0 CPU wheel, optimum-onnx[onnxruntime])",
+                 ["pip", "install", "-q", "torch==2.13.0", "optimum-onnx[onnxruntime]"])
 
 
 def ensure_ours() -> Path:
@@ -78,16 +84,8 @@ def ensure_ours() -> Path:
     then the project and its runtime dependencies, no test extras). The checkout's code still runs (PYTHONPATH,
     tool_env); the venv only provides the dependencies. The development venv would not do: its test packages
     (scipy, pulled in by sentence-transformers) make `import transformers` 0.24 s slower, which the peer's does not."""
-    cli = OURS_VENV / "bin" / "hub-export-bot"
-    if cli.is_file():
-        return cli
-    print(f"installing ours into {OURS_VENV} (scripts/install.sh) ...", flush=True)
-    shutil.rmtree(OURS_VENV, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(OURS_VENV)], check=True)
-    env = {**os.environ, "PATH": f"{OURS_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "VIRTUAL_ENV": str(OURS_VENV)}
-    subprocess.run(["bash", str(HERE.parent / "scripts" / "install.sh")], check=True, env=env)
-    return cli
+    return _venv(OURS_VENV, "hub-export-bot", "ours (scripts/install.sh)",
+                 ["bash", str(HERE.parent / "scripts" / "install.sh")])
 
 
 def versions(python: str) -> dict:
