@@ -238,11 +238,19 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
     # Parity is checked where generate() runs the same computation as the graphs: decoder-only and encoder-decoder
     # families. An encoder's LM head (RoBERTa's causal-lm) gets position ids from generate() that its plain forward
     # computes differently, so there only the output checks apply.
-    decoding = (generation_reference(loaded.model.eval(), feature)
-                if feature in GENERATION_FEATURES and checkpoint.support.family in ("decoder", "seq2seq") else None)
+    generative = feature in GENERATION_FEATURES and checkpoint.support.family in ("decoder", "seq2seq")
+    keep_model = weight_bytes(loaded.model) < RELEASE_MODEL_BYTES
+    decoding = generation_reference(loaded.model.eval(), feature) if generative and not keep_model else None
     written = _write_graphs(graphs, checkpoint, feature, loaded, spec, tokenizer, axes_by_graph, options, staging,
                             result, say)
-    keep_model = weight_bytes(loaded.model) < RELEASE_MODEL_BYTES
+    opening: tuple[str, Future] | None = None  # (file, its onnxruntime session being opened)
+    if generative and keep_model:
+        # generate() runs while the first ONNX session opens on a worker thread (onnxruntime releases the GIL while
+        # it loads and optimises a graph: gpt2 1.4 s, overlapped with most of generate()'s 0.5-1 s)
+        first = next((item for item in written if item.format == "onnx"), None)
+        if first is not None:
+            opening = (first.relative, _OPENING.submit(onnx_runner, staging / first.relative))
+        decoding = generation_reference(loaded.model.eval(), feature)
     model = loaded.model if keep_model else None
     if not keep_model:
         _release_weights(loaded.model)
@@ -255,8 +263,9 @@ def _export_feature(checkpoint, feature: str, job: Job, tokenizer, staging: Path
     # the validation runners, kept for the decoding check of a generative feature (no second session per graph)
     runners: dict[str, Runner] | None = {} if decoding is not None else None
     for item in written:
+        opened = opening[1] if opening and opening[0] == item.relative else None
         artifact = _validate_graph(item, feature, axes_by_graph[item.graph.name], cases_by_graph[item.graph.name],
-                                   tolerance, options, staging, result, say, random_head, runners)
+                                   tolerance, options, staging, result, say, random_head, runners, opened)
         if artifact is not None:
             produced.append(artifact)
     for fmt in options.formats:
@@ -485,14 +494,16 @@ def _check_generation(decoding: GenerationReference, feature: str, fmt: str, art
 
 def _validate_graph(item: _Written, feature: str, axes, cases, tolerance: tuple[float, float], options,
                     staging: Path, result: ExportResult, say: Progress, random_head: bool,
-                    runners: dict[str, Runner] | None = None) -> Artifact | None:
+                    runners: dict[str, Runner] | None = None, opened: Future | None = None) -> Artifact | None:
+    """Run the written file on the reference cases; `opened` is its onnxruntime session already being opened."""
     graph, fmt, path = item.graph, item.format, staging / item.relative
     step = time.perf_counter()
     label = _label(feature, graph.name)
     say(f"    {label} -> {fmt}: validating on {len(cases)} input shapes")
     digests = _digests(staging, artifact_files(path) if fmt == "onnx" else [path] if item.hashed else [])
     try:
-        runner = onnx_runner(path) if fmt == "onnx" else torchscript_runner(path, graph.output_names, item.submodule)
+        runner = (opened.result() if opened else onnx_runner(path)) if fmt == "onnx" else \
+            torchscript_runner(path, graph.output_names, item.submodule)
     except Exception as exc:  # a file its runtime cannot load is a failed artifact
         raise_if_disk_full(exc, staging)
         result.failures.append(Failure(feature, fmt, f"{type(exc).__name__}: {str(exc)[:500]}", component=graph.name))
@@ -537,6 +548,7 @@ def _dynamic_axes(graph: Graph, cases) -> dict[str, dict[int, str]]:
 
 
 _HASHING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+_OPENING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime-session")
 
 
 def _digests(staging: Path, files: list[Path]) -> Future:
