@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TextIO
 
 from bot.errors import BotError, UsageError
 from bot.hfjobs import DEFAULT_FLAVOR, DEFAULT_TIMEOUT, JOB_COMMAND, JobTemplate, job_environment, wait_for_job
@@ -172,7 +173,10 @@ def add_job_options(parser: argparse.ArgumentParser) -> None:
                                             "(default: the token's user)")
 
 
-def run_deploy(args) -> int:
+def run_deploy(args, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """`hub-export-bot deploy`: progress to `err`, then the actions taken, the dry run's plan and one JSON line to
+    `out` (stdout and stderr unless given)."""
+    out, err = out or sys.stdout, err or sys.stderr
     from bot.hub import DEFAULT_ENDPOINT
     from bot.job import PUBLISH_DTYPES, make_options
     from bot.server.payload import parse_allow
@@ -203,13 +207,14 @@ def run_deploy(args) -> int:
     api = HfApi(endpoint=endpoint, token=token)
     with hub_errors("the Jobs and webhooks API"):
         report = deploy(api, wanted, token=token, namespace=args.namespace, dry_run=args.dry_run, wait=args.wait,
-                        rebind=args.rebind, say=lambda m: print(m, file=sys.stderr, flush=True))
-    for action in report.actions:
-        print(action)
+                        rebind=args.rebind, say=lambda m: (err.write(m + "\n"), err.flush()))
+    lines = list(report.actions)
     if args.dry_run:
-        print(f"Job: image {template.image}, command {' '.join(JOB_COMMAND)}, flavor {template.flavor}, timeout "
-              f"{template.timeout} s, environment {json.dumps(template.environment)}, secrets HF_TOKEN and "
-              f"{EXPECTED_SECRET_ENV} (values not shown)")
-        print(f"webhook: watched {', '.join(f'{t}:{n}' for t, n in watched)}, domains {', '.join(wanted.domains)}")
-    print(json.dumps(report.to_json()))
+        lines.append(f"Job: image {template.image}, command {' '.join(JOB_COMMAND)}, flavor {template.flavor}, "
+                     f"timeout {template.timeout} s, environment {json.dumps(template.environment)}, secrets HF_TOKEN "
+                     f"and {EXPECTED_SECRET_ENV} (values not shown)")
+        lines.append(f"webhook: watched {', '.join(f'{t}:{n}' for t, n in watched)}, "
+                     f"domains {', '.join(wanted.domains)}")
+    out.write("".join(line + "\n" for line in [*lines, json.dumps(report.to_json())]))
+    out.flush()
     return 0
