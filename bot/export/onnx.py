@@ -27,6 +27,7 @@ import torch
 from bot.diskfull import raise_if_disk_full
 from bot.errors import ExportError
 from bot.export import external
+from bot.export.gemm import transposed_weights_to_gemm
 from bot.layout import external_data_name
 from bot.specs import InputSpec
 
@@ -181,6 +182,7 @@ def _finalize(written: Path, path: Path) -> None:
     else:
         data_name = external_data_name(path.name)
         model = onnx.load(str(written), load_external_data=False)  # the small graph only
+        transposed_weights_to_gemm(model)
         side = [written.parent / name for name in external.locations(model)]
         if len(side) == 1 and side[0].stat().st_size <= external.CHUNK_BYTES:
             # dynamo's single side file is one chunk already: rename it and point the graph at the new name
