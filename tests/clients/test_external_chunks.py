@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import pytest
 
 from bot.export import external
@@ -48,6 +49,10 @@ def test_chunked_external_data_loads_in_the_clients_and_the_pr_does_not_loop(tmp
         chunks = sorted(p for p in pr_files if p.startswith("onnx/model.onnx_data"))
         assert len(chunks) >= 2 and all(len(pr_files[p]) <= CHUNK for p in chunks), chunks
         assert chunks == ["onnx/model.onnx_data"] + [f"onnx/model.onnx_data_{i}" for i in range(1, len(chunks))]
+        graph = onnx.load_model_from_string(pr_files["onnx/model.onnx"]).graph  # the clients below run this form
+        embedding = {t.name for t in graph.initializer if list(t.dims) == [99, 32]}  # vocab x n_embd
+        assert [n.op_type for n in graph.node if embedding & set(n.input[1:])] == ["Gemm"], \
+            "the tied head reads the embedding as stored (bot.export.gemm)"
 
         # config.json: the maintainer's bytes, plus exactly the declaration transformers.js needs
         config = json.loads(pr_files["config.json"])
