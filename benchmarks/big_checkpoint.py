@@ -1,16 +1,21 @@
 """The > 2 GB case: export a random GPT-2-style checkpoint just over 2 GiB and compare with a floor.
 
-    python benchmarks/big_checkpoint.py [--exporter auto|dynamo|torchscript] [--peer] [--keep-output] [--json PATH]
+    python benchmarks/big_checkpoint.py [--checkpoint fp32|fp32-7gb|sharded-bf16] [--exporter auto|dynamo|torchscript]
+                                        [--peer] [--keep-output] [--json PATH]
 
-Slow (minutes) and heavy (~2.2 GB checkpoint + ~2.2 GB artifact on disk, several GB of RAM): run it by hand, it is
-not part of compare_optimum.py. It
-1. generates benchmarks/.cache/ckpt/gpt2-big once: GPT2LMHeadModel, n_embd 2048, 9 layers, 16 heads, vocab 50257,
-   random float32 weights in one model.safetensors of ~2.23 GB (> 2 GiB, the protobuf limit);
+Slow (minutes) and heavy (the checkpoint and an artifact of the same size on disk, 2.2 GB each by default, 6.8 GB
+each with --checkpoint fp32-7gb; RAM: ~1.1x that for ours, ~2.2x for --peer): run it by hand, it is not part of
+compare_optimum.py. It
+1. generates the checkpoint once under benchmarks/.cache/ckpt: by default gpt2-big, GPT2LMHeadModel, n_embd 2048,
+   9 layers, 16 heads, vocab 50257, random float32 weights in one model.safetensors of ~2.23 GB (> 2 GiB, the
+   protobuf limit); see VARIANTS for the others;
 2. runs `hub-export-bot export --model DIR --feature causal-lm --format onnx OUT` as one measured process (wall, CPU,
    peak RSS by /usr/bin/time -v or os.wait4), sampling the process's RSS every 0.2 s against its progress lines, so
    the peak can be attributed to a phase;
 3. measures a floor in a separate process: read the checkpoint files, write as many bytes as the artifact has, and
-   one forward pass at the export shape (batch 2 x 8 tokens) -- imports and model construction excluded;
+   one forward pass at the export shape (batch 2 x 8 tokens) -- imports and model construction excluded from its
+   time; its peak RSS (imports, the model and that forward pass) is the memory floor of any export validated
+   against PyTorch;
    (`--peer` measures optimum-cli export onnx --task text-generation on the same checkpoint instead, for context);
 4. checks the output is onnx/model.onnx + its external-data chunks (model.onnx_data, model.onnx_data_1, ..., each at
    most 2,000,000,000 bytes), and that onnxruntime loads it and matches

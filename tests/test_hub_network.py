@@ -20,7 +20,7 @@ from bot.errors import UnsafeCheckpointError, UsageError
 from bot.github import report_to_github
 from bot.hub import HubClient, HubTimeouts, HubUnavailable, RetryPolicy, transient
 from tests.emulators.silent import SilentServer
-from tests.test_publish import FAST, README, REPO, checkpoint_files, run, tiny_retrained, weight_downloads
+from tests.test_publish import README, REPO, checkpoint_files, run, tiny_retrained, weight_downloads
 
 SHORT = {hub_module.CONNECT_TIMEOUT_ENV: "0.5", hub_module.READ_TIMEOUT_ENV: "0.5"}
 

@@ -13,7 +13,7 @@ import pytest
 from bot import publish as pub
 from bot.manifest import MANIFEST_NAME, owned_paths, plan_files, read_manifest
 from bot.job import make_options
-from tests.test_publish import FAST, README, REPO, checkpoint_files, run, strict_validation, tiny_retrained
+from tests.test_publish import README, REPO, checkpoint_files, run, strict_validation, tiny_retrained
 
 MAINTAINER_ONNX = b"the maintainers' own fp32 graph"
 MAINTAINER_QUANTIZED = b"the maintainers' own int8 graph, made from their fp32 graph"

@@ -14,7 +14,6 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import wait_for
 from tests.test_server_http import (REPO_ROOT, SECRET, assert_no_secrets, fresh, push, server,  # noqa: F401
                                     server_command, sha)
 

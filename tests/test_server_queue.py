@@ -2,7 +2,6 @@
 
 import errno
 import json
-import os
 import signal
 import sqlite3
 import stat

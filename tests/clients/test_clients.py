@@ -24,7 +24,6 @@ from typing import Callable
 
 import numpy as np
 import pytest
-import torch
 
 from tests.clients import harness
 from tests.clients.harness import ClientError

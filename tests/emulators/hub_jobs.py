@@ -31,7 +31,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
