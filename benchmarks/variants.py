@@ -205,19 +205,19 @@ def retrieval(model_dir: Path, files: dict[str, Path]) -> dict[str, dict]:
 
 def reference_recipes(fp32: Path, folder: Path) -> dict[str, Path]:
     """Recipes the bot does not publish for MiniLM, built here to show what lower cosines mean."""
-    from bot.export import variants
+    from bot.export import recipes
 
     folder.mkdir(parents=True, exist_ok=True)
     built = {"dynamic int8 (refused)": folder / "dynamic_int8.onnx", "int4 symmetric, blocks of 128": folder /
              "int4_sym128.onnx", "2-bit, blocks of 32": folder / "int2.onnx"}
-    variants.dynamic_int8(fp32, built["dynamic int8 (refused)"])
-    quantizer = variants._nbits_quantizer()(variants._load(fp32), bits=4, block_size=128, is_symmetric=True,
-                                            op_types_to_quantize=("MatMul", "Gather"),
-                                            quant_axes=(("MatMul", 0), ("Gather", 1)))
+    recipes.dynamic_int8(fp32, built["dynamic int8 (refused)"])
+    quantizer = recipes.nbits_quantizer()(recipes.load(fp32), bits=4, block_size=128, is_symmetric=True,
+                                          op_types_to_quantize=("MatMul", "Gather"),
+                                          quant_axes=(("MatMul", 0), ("Gather", 1)))
     quantizer.process()
-    variants._save(quantizer.model.model, built["int4 symmetric, blocks of 128"])
-    variants._save(variants._nbits(variants._load(fp32), 2, symmetric=False, embeddings=False),
-                   built["2-bit, blocks of 32"])
+    recipes.save(quantizer.model.model, built["int4 symmetric, blocks of 128"])
+    recipes.save(recipes.nbits(recipes.load(fp32), 2, symmetric=False, embeddings=False),
+                 built["2-bit, blocks of 32"])
     return built
 
 

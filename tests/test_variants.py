@@ -12,7 +12,7 @@ import torch
 
 from bot import card, layout
 from bot.errors import UsageError
-from bot.export import variants
+from bot.export import recipes, variants
 from bot.job import PUBLISH_DTYPES, Job, make_options
 from bot.pipeline import run_export
 
@@ -79,7 +79,7 @@ def test_gemm_with_a_constant_weight_becomes_matmul_for_the_nbit_quantizer():
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.ones(4, np.float32), "b")])
-    model = variants._gemm_to_matmul(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
+    model = recipes.gemm_to_matmul(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]))
     assert [n.op_type for n in model.graph.node] == ["MatMul", "Add"]
     import onnxruntime
 
@@ -219,12 +219,12 @@ def _corrupted(source: Path, target: Path) -> None:
 
 
 def _two_bit(source: Path, target: Path) -> None:
-    variants._save(variants._nbits(variants._load(source), 2, symmetric=False, embeddings=False), target)
+    recipes.save(recipes.nbits(recipes.load(source), 2, symmetric=False, embeddings=False), target)
 
 
 @pytest.mark.parametrize("recipe", [_corrupted, _two_bit])
 def test_a_broken_variant_is_refused_and_not_published(lively, tmp_path, monkeypatch, recipe):
-    monkeypatch.setitem(variants.RECIPES, "q8", (variants.Recipe("broken on purpose", recipe),))
+    monkeypatch.setitem(recipes.RECIPES, "q8", (recipes.Recipe("broken on purpose", recipe),))
     result = export(lively["gpt2"], tmp_path / "out", ["q8", "fp16"], features=["causal-lm-with-past"])
     assert result.ok  # a refused variant is not a failed export: fp32 and fp16 are published
     manifest = manifest_of(result)
@@ -250,7 +250,7 @@ def test_classifier_variants_are_judged_on_labels(tiny, tmp_path, monkeypatch):
     assert [c["name"] for c in q8["validation"]["quality"]["criteria"]] == ["label agreement",
                                                                             "max probability shift"]
     gate_passed_on_its_own_figures(q8)
-    monkeypatch.setitem(variants.RECIPES, "q8", (variants.Recipe("broken on purpose", _corrupted),))
+    monkeypatch.setitem(recipes.RECIPES, "q8", (recipes.Recipe("broken on purpose", _corrupted),))
     broken = export(tiny("bert", "sequence-classification"), tmp_path / "broken", ["q8"],
                     features=["sequence-classification"])
     assert [r["dtype"] for r in manifest_of(broken)["refused_variants"]] == ["q8"]
@@ -262,7 +262,7 @@ def test_a_recipe_that_crashes_is_a_refusal_with_its_error_escaped_in_the_pr(tin
     def crash(source, target):
         raise RuntimeError(hostile)
 
-    monkeypatch.setitem(variants.RECIPES, "q4", (variants.Recipe("crashing", crash),))
+    monkeypatch.setitem(recipes.RECIPES, "q4", (recipes.Recipe("crashing", crash),))
     result = export(tiny("bert"), tmp_path / "out", ["q4"])
     (refusal,) = manifest_of(result)["refused_variants"]
     assert refusal["reason"] == f"crashing: RuntimeError: {hostile}"
