@@ -24,6 +24,7 @@ from bot.errors import UnsafeCheckpointError, UsageError
 from bot.custom import resolve_support
 from bot.features import FEATURES, ModelSupport
 from bot.sources import SOURCE_FILE_PATTERNS, is_source_file, select_source_files  # noqa: F401  (public here too)
+from bot.upcast import float32_files
 
 log = logging.getLogger(__name__)
 
@@ -276,10 +277,11 @@ def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | 
         kwargs["attn_implementation"] = attn_implementation
     # A stored head of another shape (e.g. 3 labels where multiple-choice needs 1) is re-initialised: random too.
     try:
-        model, info = auto_class(feature).from_pretrained(
-            checkpoint.path, trust_remote_code=False, local_files_only=True,
-            use_safetensors=not checkpoint.uses_pickle, output_loading_info=True, ignore_mismatched_sizes=True,
-            **kwargs)
+        with float32_files(checkpoint.path, checkpoint.weights) as folder:  # maps float32 files instead of converting
+            model, info = auto_class(feature).from_pretrained(
+                folder, trust_remote_code=False, local_files_only=True,
+                use_safetensors=not checkpoint.uses_pickle, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs)
     except Exception as exc:  # a corrupt file, or a pickle that weights_only loading refuses
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UsageError(f"the weights in {checkpoint.path} could not be loaded for {feature}: {first}") from exc
