@@ -6,8 +6,8 @@ until it returns: a 2.22 GB bfloat16 checkpoint in 3 shards peaked at 6.94 GB wh
 model plus the 2.2 GB of mapped shards). Float32 files are mapped as they are, so loading the copy holds the float32
 weights once. The copy is read with plain reads (the page cache, not this process's memory) and written a block at a
 time; it costs disk, the float32 size, until the loaded model is released (the files are unlinked at once, their
-mapped pages stay valid). Made only from FLOAT32_COPY_BYTES of float32 weights on, where the memory matters; with
-too little disk for it, the checkpoint is loaded as before.
+mapped pages stay valid). Made only from FLOAT32_COPY_BYTES of float32 weights on, where the memory matters, in the
+temporary folder (TMPDIR); with too little disk there, the checkpoint is loaded as before.
 """
 
 from __future__ import annotations
@@ -76,25 +76,31 @@ def _write_float32(source: Path, target: Path) -> None:
                     writing.write(torch.frombuffer(block, dtype=half).to(torch.float32).numpy().data)
 
 
-def _needs_copy(weights: list[Path]) -> bool:
+def _float32_bytes(weights: list[Path]) -> int:
+    """The float32 size of half-precision safetensors weights; 0 when there is nothing to convert."""
     if not weights or any(path.suffix != ".safetensors" for path in weights):
-        return False
-    float32_bytes, half = 0, False
+        return 0
+    total, half = 0, False
     for path in weights:
         header, _ = _header(path)
         for name, entry in header.items():
             if name != "__metadata__":
-                size = entry["data_offsets"][1] - entry["data_offsets"][0]
                 half |= entry["dtype"] in HALF
-                float32_bytes += size * (2 if entry["dtype"] in HALF else 1)
-    return half and float32_bytes >= FLOAT32_COPY_BYTES
+                total += (entry["data_offsets"][1] - entry["data_offsets"][0]) * (2 if entry["dtype"] in HALF else 1)
+    return total if half else 0
 
 
 @contextlib.contextmanager
 def float32_files(directory: Path, weights: list[Path]) -> Iterator[Path]:
     """The folder to load the checkpoint from: `directory`, or a scratch copy whose half-precision tensors are float32
     (the other files linked), removed when the block ends."""
-    if not _needs_copy(weights):
+    size = _float32_bytes(weights)
+    if size < FLOAT32_COPY_BYTES:
+        yield directory
+        return
+    if shutil.disk_usage(tempfile.gettempdir()).free < size * 1.05:
+        log.warning("not enough free disk in %s for float32 copies of the weights (%.1f GB); loading them as stored",
+                    tempfile.gettempdir(), size / 1e9)
         yield directory
         return
     scratch = Path(tempfile.mkdtemp(prefix="hub-export-bot-float32-"))
@@ -102,8 +108,9 @@ def float32_files(directory: Path, weights: list[Path]) -> Iterator[Path]:
         try:
             for path in weights:
                 _write_float32(path, scratch / path.name)
-        except OSError as exc:  # a full disk: load the half-precision files as transformers does
+        except OSError as exc:  # the disk filled up meanwhile: load the half-precision files as transformers does
             log.warning("could not write float32 copies of the weights (%s); loading them as stored", exc)
+            shutil.rmtree(scratch, ignore_errors=True)
             scratch_ready = False
         else:
             copied = {path.name for path in weights}

@@ -147,6 +147,7 @@ def test_half_precision_weights_load_from_float32_copies(tmp_path, monkeypatch, 
     The model is the same, bit for bit, as transformers' own conversion; the copies are gone afterwards; with no disk
     for them the stored files are loaded."""
     import logging
+    import shutil
     import tempfile
 
     from transformers import AutoModelForCausalLM
@@ -189,3 +190,10 @@ def test_half_precision_weights_load_from_float32_copies(tmp_path, monkeypatch, 
                                 options=make_options(["causal-lm"], ["onnx"])))
     assert result.ok and "loading them as stored" in caplog.text
     assert list((tmp_path / "scratch").iterdir()) == []
+
+    caplog.clear()  # too little free disk for the copies: none is attempted
+    usage = shutil.disk_usage
+    monkeypatch.setattr(upcast.shutil, "disk_usage", lambda path: usage(path)._replace(free=0))
+    with caplog.at_level(logging.WARNING, logger="bot.upcast"):
+        assert upcast.float32_files(half, weights).__enter__() == half
+    assert "not enough free disk" in caplog.text
