@@ -122,8 +122,8 @@ def gemm_to_matmul(model):
 def nbits(model, bits: int, symmetric: bool, embeddings: bool, accuracy_level: int | None = None):
     ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
     quantizer = nbits_quantizer()(gemm_to_matmul(model), bits=bits, block_size=32, is_symmetric=symmetric,
-                                   accuracy_level=accuracy_level, op_types_to_quantize=ops,
-                                   quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                  accuracy_level=accuracy_level, op_types_to_quantize=ops,
+                                  quant_axes=(("MatMul", 0), ("Gather", 1)))
     with quiet_root():
         quantizer.process()
     return quantizer.model.model
@@ -179,8 +179,6 @@ RECIPES: dict[str, tuple[Recipe, ...]] = {
     "q4": (Recipe("int4 in blocks of 32", int4),),
     "q4f16": (Recipe("int4 in blocks of 32, on fp16", int4_fp16),),
 }
-
-
 
 
 def remove(path: Path) -> None:
