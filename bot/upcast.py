@@ -38,17 +38,24 @@ def _header(path: Path) -> tuple[dict, int]:
         return json.loads(handle.read(size)), 8 + size
 
 
+def _float32_size(entry: dict) -> int:
+    """Bytes of a header entry once its half-precision data is float32."""
+    return (entry["data_offsets"][1] - entry["data_offsets"][0]) * (2 if entry["dtype"] in HALF else 1)
+
+
+def _float32_dtype(entry: dict) -> str:
+    return "F32" if entry["dtype"] in HALF else entry["dtype"]
+
+
 def _float32_layout(header: dict) -> tuple[dict, list[tuple[str, dict]]]:
     """The float32 file's header, and the source entries in the order their data is written (widest items first,
     as safetensors writes them, so every tensor stays aligned)."""
     entries = sorted(((name, entry) for name, entry in header.items() if name != "__metadata__"),
-                     key=lambda item: -ITEM_BYTES.get(item[1]["dtype"], 1))
+                     key=lambda item: -ITEM_BYTES.get(_float32_dtype(item[1]), 1))
     layout, offset = {}, 0
     for name, entry in entries:
-        size = entry["data_offsets"][1] - entry["data_offsets"][0]
-        if entry["dtype"] in HALF:
-            size *= 2
-        layout[name] = {"dtype": "F32" if entry["dtype"] in HALF else entry["dtype"], "shape": entry["shape"],
+        size = _float32_size(entry)
+        layout[name] = {"dtype": _float32_dtype(entry), "shape": entry["shape"],
                         "data_offsets": [offset, offset + size]}
         offset += size
     if "__metadata__" in header:
@@ -80,14 +87,8 @@ def _float32_bytes(weights: list[Path]) -> int:
     """The float32 size of half-precision safetensors weights; 0 when there is nothing to convert."""
     if not weights or any(path.suffix != ".safetensors" for path in weights):
         return 0
-    total, half = 0, False
-    for path in weights:
-        header, _ = _header(path)
-        for name, entry in header.items():
-            if name != "__metadata__":
-                half |= entry["dtype"] in HALF
-                total += (entry["data_offsets"][1] - entry["data_offsets"][0]) * (2 if entry["dtype"] in HALF else 1)
-    return total if half else 0
+    entries = [entry for path in weights for name, entry in _header(path)[0].items() if name != "__metadata__"]
+    return sum(map(_float32_size, entries)) if any(entry["dtype"] in HALF for entry in entries) else 0
 
 
 @contextlib.contextmanager
