@@ -14,21 +14,20 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-def transposed_weights_to_gemm(model: onnx.ModelProto) -> int:
-    """Rewrite the graph in place; returns how many MatMuls were rewritten. Reads only the weights' shapes, so the
-    model may be loaded without its external data."""
+def transposed_weights_to_gemm(model: onnx.ModelProto) -> None:
+    """Rewrite the graph in place. Reads only the weights' shapes, so the model may be loaded without its external
+    data."""
     graph = model.graph
     dims = {i.name: list(i.dims) for i in graph.initializer}
     transposed = {n.output[0]: n for n in graph.node if n.op_type == "Transpose" and len(dims.get(n.input[0], ())) == 2
                   and [a.ints for a in n.attribute if a.name == "perm"] in ([], [[1, 0]])}
     taken = {name for n in graph.node for name in (*n.input, *n.output)} | set(dims)
-    nodes, rewritten = [], 0
+    nodes = []
     for node in graph.node:
         source = transposed.get(node.input[1]) if node.op_type == "MatMul" else None
         if source is None:
             nodes.append(node)
             continue
-        rewritten += 1
         weight = source.input[0]
         out_features, in_features = dims[weight]
         prefix = _fresh(node.output[0] + "_gemm", taken)
@@ -59,7 +58,6 @@ def transposed_weights_to_gemm(model: onnx.ModelProto) -> int:
     kept = [v for v in graph.value_info if v.name in values]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    return rewritten
 
 
 def _inputs(nodes) -> set[str]:
@@ -68,8 +66,7 @@ def _inputs(nodes) -> set[str]:
     for node in nodes:
         names.update(node.input)
         for attribute in node.attribute:
-            for subgraph in [attribute.g, *attribute.graphs] if attribute.type in (onnx.AttributeProto.GRAPH,
-                                                                                   onnx.AttributeProto.GRAPHS) else []:
+            for subgraph in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
                 names |= _inputs(subgraph.node)
     return names
 
