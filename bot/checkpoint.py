@@ -286,7 +286,23 @@ def load_model(checkpoint: Checkpoint, feature: str, attn_implementation: str | 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise UsageError(f"the weights in {checkpoint.path} could not be loaded for {feature}: {first}") from exc
     mismatched = {entry[0] if isinstance(entry, tuple) else entry for entry in info.get("mismatched_keys", ())}
-    return model.eval(), sorted(set(info["missing_keys"]) | mismatched)
+    missing = sorted(set(info["missing_keys"]) | mismatched)
+    _zero_missing_biases(model, missing)
+    return model.eval(), missing
+
+
+def _zero_missing_biases(model: torch.nn.Module, missing: list[str]) -> None:
+    """Biases that are not in the checkpoint start at zero, as every initialisation scheme starts them.
+
+    Why: transformers leaves some of them as allocated, never initialised (data2vec-text's `lm_head.bias`, the
+    decoder bias tied to it): whatever the memory held, up to 1.9e38 once in 30 loads, which made a random head's
+    logits infinite and its validation fail at random.
+    """
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name in missing:
+            if name.rsplit(".", 1)[-1] == "bias" and name in parameters:
+                parameters[name].zero_()
 
 
 def load_tokenizer(checkpoint: Checkpoint):
